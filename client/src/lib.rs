@@ -1,0 +1,2 @@
+//! c
+pub struct Client; pub struct BlockingClient; pub struct Error;

@@ -1,0 +1,48 @@
+//! The Harpocrates wire protocol.
+//!
+//! Everything the daemon and its clients must agree on lives here, and nothing else:
+//! the [messages](message) a client may send and the daemon may answer, the stable
+//! [error codes](error), [secret buffers](secret) that wipe themselves, and the
+//! [framing](codec) that carries them over a byte stream.
+//!
+//! # On the wire
+//!
+//! Every frame is a `u32` big-endian length followed by that many bytes of
+//! [bincode 2](https://docs.rs/bincode/2.0.1) (serde, [`bincode_config`]). A client sends
+//! [`RequestFrame`]s and the daemon answers with [`ResponseFrame`]s that echo the request's
+//! `id`, so one connection can pipeline many requests and receive the answers in any
+//! order. The first request on a connection must be [`Request::Hello`] carrying
+//! [`PROTOCOL_VERSION`]; the daemon refuses other versions with
+//! [`ErrorCode::UnsupportedVersion`].
+//!
+//! This crate performs no I/O and no cryptography; it only describes bytes.
+
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod paths;
+pub mod secret;
+
+pub use codec::{BodyError, FrameError, MessageCodec, bincode_config};
+pub use error::{ErrorCode, WireError};
+pub use message::{
+    HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo,
+    MetricsSnapshot, OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo,
+    WireResult,
+};
+pub use secret::SecretBytes;
+
+/// The protocol version this crate speaks, sent in [`Request::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest frame body accepted, in bytes (16 MiB).
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Hard ceiling for any configured frame limit (64 MiB): bincode's own allocation limit.
+pub const MAX_FRAME_CEILING: u32 = 64 * 1024 * 1024;
+
+/// Most operations one [`Request::Batch`] may carry.
+pub const MAX_BATCH_LEN: usize = 4096;
+
+/// Most random bytes one [`Request::GenerateRandom`] may ask for.
+pub const MAX_RANDOM_LEN: u32 = 1024 * 1024;

@@ -1,0 +1,349 @@
+//! Requests, responses and the records they carry.
+//!
+//! # Compatibility rules
+//!
+//! bincode encodes an enum variant by its position, so variants are only ever *appended*,
+//! never reordered or removed. [`Request::Hello`] is variant 0 with a fixed shape forever:
+//! it is how a peer of any version learns which version it is talking to.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::secret::SecretBytes;
+
+/// The result of one operation on the wire.
+pub type WireResult = Result<Response, WireError>;
+
+/// A request with the id its response will echo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client, unique among its requests in flight on this connection.
+    pub id: u64,
+    /// What to do.
+    pub request: Request,
+}
+
+/// A response to the request with the same `id`.
+///
+/// `id` 0 is reserved for connection-level errors that answer no particular request (a
+/// frame that could not be decoded far enough to read its id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// Its outcome.
+    pub result: WireResult,
+}
+
+/// A key as clients name it: a stable label, never a per-session HSM object number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyHandle(pub String);
+
+impl KeyHandle {
+    /// The key's label.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for KeyHandle {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for KeyHandle {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Key algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyAlgorithm {
+    /// AES secret key, used with AES-GCM.
+    Aes,
+    /// Generic secret (HMAC) key.
+    GenericSecret,
+}
+
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyAlgorithm::Aes => "AES",
+            KeyAlgorithm::GenericSecret => "GENERIC_SECRET",
+        })
+    }
+}
+
+/// What a key is and what it may be used for (the PKCS#11 attributes that matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyAttributes {
+    /// Key length in bits (AES: 128, 192 or 256).
+    pub size_bits: u32,
+    /// The key may leave the token wrapped (backup). Default: false.
+    pub extractable: bool,
+    /// The key's value is never revealed in the clear. Default: true.
+    pub sensitive: bool,
+    /// The key may encrypt.
+    pub encrypt: bool,
+    /// The key may decrypt.
+    pub decrypt: bool,
+    /// The key may wrap other keys.
+    pub wrap: bool,
+    /// The key may unwrap other keys.
+    pub unwrap: bool,
+}
+
+impl KeyAttributes {
+    /// Safe defaults for an AES key of `size_bits`: sensitive, non-extractable, may
+    /// encrypt and decrypt, may not wrap.
+    pub const fn aes(size_bits: u32) -> Self {
+        Self {
+            size_bits,
+            extractable: false,
+            sensitive: true,
+            encrypt: true,
+            decrypt: true,
+            wrap: false,
+            unwrap: false,
+        }
+    }
+}
+
+impl Default for KeyAttributes {
+    fn default() -> Self {
+        Self::aes(256)
+    }
+}
+
+/// A key as listed by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The name clients use.
+    pub handle: KeyHandle,
+    /// The algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// Size and usage attributes.
+    pub attributes: KeyAttributes,
+    /// The token's CKA_ID (or the soft token's equivalent), hex-friendly bytes.
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+}
+
+/// One operation a client asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Opens a conversation: must be the first request on a connection. Keep as variant 0
+    /// with this shape forever.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+        version: u32,
+        /// Free text naming the client program, for logs.
+        client_name: String,
+    },
+    /// Answers [`Response::Pong`] without touching the HSM.
+    Ping,
+    /// `len` random bytes from the token's generator (at most
+    /// [`MAX_RANDOM_LEN`](crate::MAX_RANDOM_LEN)).
+    GenerateRandom {
+        /// How many bytes.
+        len: u32,
+    },
+    /// A new AES key with safe default attributes.
+    GenerateKey {
+        /// Its name; must be unused.
+        label: String,
+        /// 128, 192 or 256.
+        size_bits: u32,
+    },
+    /// A new AES key with the attributes given.
+    GenerateKeyWithAttributes {
+        /// Its name; must be unused.
+        label: String,
+        /// Size and usage.
+        attributes: KeyAttributes,
+    },
+    /// Every key the token holds.
+    ListKeys,
+    /// AES-GCM encryption under `key`; the answer is a self-describing ciphertext.
+    Encrypt {
+        /// The key's name.
+        key: KeyHandle,
+        /// What to encrypt.
+        plaintext: SecretBytes,
+        /// Additional authenticated data, bound to the ciphertext.
+        #[serde(with = "serde_bytes")]
+        aad: Option<Vec<u8>>,
+    },
+    /// Reverses [`Request::Encrypt`].
+    Decrypt {
+        /// The key's name.
+        key: KeyHandle,
+        /// A ciphertext produced by `Encrypt`.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The same AAD given to `Encrypt`.
+        #[serde(with = "serde_bytes")]
+        aad: Option<Vec<u8>>,
+    },
+    /// Destroys a key for good.
+    DestroyKey {
+        /// The key's name.
+        key: KeyHandle,
+    },
+    /// Whether the backend can export keys as password-protected backups.
+    SupportsKeyBackup,
+    /// Daemon and token health.
+    HealthCheck,
+    /// Operation counters and latencies.
+    GetMetrics,
+    /// Many operations in one frame, answered by one [`Response::Batch`] whose elements
+    /// succeed or fail on their own. May not contain `Hello` or another `Batch`.
+    Batch(Vec<Request>),
+}
+
+impl Request {
+    /// A short stable name for the operation, for metrics and logs.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Ping => "ping",
+            Request::GenerateRandom { .. } => "generate_random",
+            Request::GenerateKey { .. } => "generate_key",
+            Request::GenerateKeyWithAttributes { .. } => "generate_key_with_attributes",
+            Request::ListKeys => "list_keys",
+            Request::Encrypt { .. } => "encrypt",
+            Request::Decrypt { .. } => "decrypt",
+            Request::DestroyKey { .. } => "destroy_key",
+            Request::SupportsKeyBackup => "supports_key_backup",
+            Request::HealthCheck => "health_check",
+            Request::GetMetrics => "get_metrics",
+            Request::Batch(_) => "batch",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// Accepts [`Request::Hello`].
+    Hello {
+        /// The protocol version the daemon will speak on this connection.
+        version: u32,
+        /// The daemon's software version.
+        daemon_version: String,
+        /// The backend in use (`soft`, `pkcs11`, ...).
+        backend: String,
+    },
+    /// Answers [`Request::Ping`].
+    Pong,
+    /// Random bytes.
+    Random(SecretBytes),
+    /// The key just generated.
+    KeyGenerated(KeyInfo),
+    /// All keys.
+    Keys(Vec<KeyInfo>),
+    /// A ciphertext.
+    Ciphertext(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A plaintext.
+    Plaintext(SecretBytes),
+    /// The key is gone.
+    KeyDestroyed,
+    /// Answers [`Request::SupportsKeyBackup`].
+    BackupSupported(bool),
+    /// Answers [`Request::HealthCheck`].
+    Health(HealthStatus),
+    /// Answers [`Request::GetMetrics`].
+    Metrics(MetricsSnapshot),
+    /// Answers [`Request::Batch`], element by element in request order.
+    Batch(Vec<WireResult>),
+}
+
+/// Overall health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthState {
+    /// Everything works.
+    Healthy,
+    /// Serving, but something needs attention (e.g. some sessions broken).
+    Degraded,
+    /// Not serving HSM operations.
+    Unhealthy,
+}
+
+/// What the token says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Token label.
+    pub label: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+}
+
+/// Answer to [`Request::HealthCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// Overall state.
+    pub state: HealthState,
+    /// Backend name.
+    pub backend: String,
+    /// The token behind it.
+    pub token: TokenInfo,
+    /// Whether the token answered the health probe.
+    pub token_reachable: bool,
+    /// Sessions currently open.
+    pub active_sessions: u32,
+    /// Configured session pool size.
+    pub max_sessions: u32,
+    /// Keys on the token.
+    pub key_count: u64,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+}
+
+/// Counters for one operation kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpMetrics {
+    /// Operation name (see [`Request::op_name`]).
+    pub op: String,
+    /// Operations completed.
+    pub count: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Mean time from admission to answer, microseconds.
+    pub avg_latency_us: f64,
+}
+
+/// Answer to [`Request::GetMetrics`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Operations completed since start.
+    pub ops_total: u64,
+    /// Of which failed.
+    pub errors_total: u64,
+    /// Operations per second over the last minute (or since start, if shorter).
+    pub ops_per_sec: f64,
+    /// Mean latency over all operations since start, microseconds.
+    pub avg_latency_us: f64,
+    /// `errors_total / ops_total` (0 when idle).
+    pub error_rate: f64,
+    /// Open client connections.
+    pub connections: u64,
+    /// Per-operation counters.
+    pub per_op: Vec<OpMetrics>,
+}
