@@ -1,2 +1,4 @@
 //! c
-pub struct Client; pub struct BlockingClient; pub struct Error;
+pub struct Client;
+pub struct BlockingClient;
+pub struct Error;

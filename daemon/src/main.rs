@@ -1,1 +1,60 @@
-fn main() {}
+//! `harpocratesd`: parse flags, validate configuration, open the token, serve.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use harpocrates_daemon::config::{Args, Settings};
+use harpocrates_daemon::startup::{self, StartupError};
+use harpocrates_daemon::{logging, server};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("harpocratesd: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), StartupError> {
+    let settings = Settings::from_args(args)?;
+    logging::init(&settings.log_level);
+    if args.check_config {
+        settings.pin.load()?;
+        println!(
+            "configuration OK ({} backend, socket {})",
+            settings.backend.name(),
+            settings.socket_path.display()
+        );
+        return Ok(());
+    }
+    let backend = startup::open_backend(&settings)?;
+    let dev = settings.dev;
+    let backend_name = settings.backend.name();
+    let sessions = settings.max_sessions;
+    server::run(settings, backend, move |path| {
+        tracing::info!(socket = %path.display(), backend = backend_name, sessions, "ready");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        if dev {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "harpocratesd (dev, embedded soft token) listening on {}",
+                path.display()
+            );
+            let _ = writeln!(
+                out,
+                "harpoctl finds it by default; other clients: HARPOCRATES_SOCKET={}",
+                path.display()
+            );
+            let _ = out.flush();
+        }
+    })?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}

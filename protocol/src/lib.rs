@@ -26,9 +26,8 @@ pub mod secret;
 pub use codec::{BodyError, FrameError, MessageCodec, bincode_config};
 pub use error::{ErrorCode, WireError};
 pub use message::{
-    HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo,
-    MetricsSnapshot, OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo,
-    WireResult,
+    HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
+    OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
 };
 pub use secret::SecretBytes;
 

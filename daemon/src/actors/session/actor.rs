@@ -1,0 +1,83 @@
+//! The actix glue of a session actor: a `SyncActor` on its own thread, fed batches.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, Handler, Message, SyncContext};
+use harpocrates_protocol::{Request, WireResult};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::{SessionWorker, panicked};
+use crate::metrics::Metrics;
+
+/// Operations admitted together (one client request or one client batch), answered
+/// together.
+pub struct Work {
+    /// The operations, in order.
+    pub ops: Vec<Request>,
+    /// When the work was admitted, for latency metrics.
+    pub admitted: Instant,
+    /// Where the answers go, one per operation and in order.
+    pub reply: oneshot::Sender<Vec<WireResult>>,
+}
+
+/// A batch of work for one actor. The permit bounds how many batches are queued.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ExecBatch {
+    /// The work items.
+    pub work: Vec<Work>,
+    /// Released when the batch is done.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// One session actor.
+pub struct SessionActor {
+    worker: SessionWorker,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionActor {
+    /// An actor around `worker`.
+    pub fn new(worker: SessionWorker, metrics: Arc<Metrics>) -> Self {
+        Self { worker, metrics }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<ExecBatch> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, batch: ExecBatch, ctx: &mut SyncContext<Self>) {
+        let mut poisoned = false;
+        for work in batch.work {
+            let answers: Vec<WireResult> = work
+                .ops
+                .iter()
+                .map(|op| {
+                    // A panic must not kill this thread: SyncArbiter never restarts it.
+                    let result = catch_unwind(AssertUnwindSafe(|| self.worker.execute(op)))
+                        .unwrap_or_else(|_| {
+                            poisoned = true;
+                            self.worker.reset();
+                            panicked(op)
+                        });
+                    self.metrics
+                        .record(op.op_name(), result.is_ok(), work.admitted.elapsed());
+                    result
+                })
+                .collect();
+            // The caller may have gone away; its answers are simply dropped.
+            let _ = work.reply.send(answers);
+        }
+        drop(batch.permit);
+        if poisoned {
+            tracing::error!("a session operation panicked; rebuilding the session actor");
+            ctx.stop();
+        }
+    }
+}

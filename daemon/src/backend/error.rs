@@ -1,0 +1,80 @@
+//! The backend error type and its one mapping to wire error codes.
+
+use harpocrates_protocol::{ErrorCode, WireError};
+
+/// Why a backend operation failed.
+///
+/// Messages never contain key material, plaintext or PINs.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No key has that label.
+    #[error("no key named '{0}'")]
+    KeyNotFound(String),
+    /// A key with that label exists already.
+    #[error("a key named '{0}' already exists")]
+    KeyExists(String),
+    /// An argument is out of range or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The key's attributes forbid the operation.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// Authenticated decryption failed.
+    #[error("integrity check failed: wrong key, wrong AAD or tampered ciphertext")]
+    IntegrityCheckFailed,
+    /// The token cannot do this.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The token or its login is not ready (wrong PIN, uninitialised token).
+    #[error("not initialized: {0}")]
+    NotInitialized(String),
+    /// The session or device broke; a fresh session may succeed. The session actor
+    /// retries these within its budget.
+    #[error("session broken: {0}")]
+    SessionBroken(String),
+    /// The retry budget for broken sessions is spent.
+    #[error("session invalid after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Persisting key state failed; nothing was changed.
+    #[error("key store: {0}")]
+    Storage(String),
+    /// Anything else the token reported.
+    #[error("operation failed: {0}")]
+    Failed(String),
+}
+
+impl BackendError {
+    /// Whether a fresh session could make the same call succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::SessionBroken(_))
+    }
+
+    /// The wire code for this error. This is the only place backend errors meet wire
+    /// codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            BackendError::KeyExists(_) => ErrorCode::KeyExists,
+            BackendError::InvalidArgument(_) => ErrorCode::InvalidRequest,
+            BackendError::NotPermitted(_) => ErrorCode::PermissionDenied,
+            BackendError::IntegrityCheckFailed => ErrorCode::IntegrityCheckFailed,
+            BackendError::Unsupported(_) => ErrorCode::Unsupported,
+            BackendError::NotInitialized(_) => ErrorCode::NotInitialized,
+            BackendError::SessionBroken(_) | BackendError::RetriesExhausted { .. } => {
+                ErrorCode::SessionInvalid
+            }
+            BackendError::Storage(_) | BackendError::Failed(_) => ErrorCode::OperationFailed,
+        }
+    }
+}
+
+impl From<BackendError> for WireError {
+    fn from(e: BackendError) -> Self {
+        WireError::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,430 @@
+//! Configuration in stages: the TOML file as written ([`raw`]), command-line flags
+//! ([`cli`]), then validated [`Settings`] that the rest of the daemon trusts. Every
+//! validation error names the field it is about.
+
+pub mod cli;
+pub mod pin;
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harpocrates_protocol::{DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, paths};
+
+use crate::actors::session::RetryPolicy;
+use crate::backend::soft::SoftConfig;
+use crate::backend::soft::store::KdfParams;
+
+pub use cli::Args;
+pub use pin::PinSource;
+pub use raw::RawConfig;
+
+/// A configuration problem, naming the field or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/mistyped fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line, column and field).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid `{field}`: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The PIN could not be obtained.
+    #[error("PIN: {0}")]
+    Pin(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Which token serves the keys.
+#[derive(Debug, Clone)]
+pub enum BackendSettings {
+    /// The embedded soft token.
+    Soft(SoftConfig),
+}
+
+impl BackendSettings {
+    /// The backend's name as configured.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendSettings::Soft(_) => "soft",
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Socket path.
+    pub socket_path: PathBuf,
+    /// Socket permission bits.
+    pub socket_mode: u32,
+    /// Largest frame body.
+    pub max_frame: u32,
+    /// Work items queued for sessions before `Busy`.
+    pub queue_depth: usize,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Requests in flight per connection.
+    pub max_in_flight: usize,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Session actors.
+    pub max_sessions: u32,
+    /// Idle session lifetime.
+    pub session_timeout: Duration,
+    /// Broken-session retry budget.
+    pub retry: RetryPolicy,
+    /// PIN sources.
+    pub pin: PinSource,
+    /// Log filter.
+    pub log_level: String,
+    /// The token.
+    pub backend: BackendSettings,
+    /// Started with `--dev`.
+    pub dev: bool,
+}
+
+fn duration(
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        humantime::parse_duration(v).map_err(|e| invalid(field, format!("{v:?}: {e}")))
+    })
+}
+
+fn bounded(
+    field: &'static str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(invalid(field, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+impl Settings {
+    /// Settings from the command line: `--dev` presets, else the `--config` file (or
+    /// defaults), then flag overrides.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let mut raw = match &args.config {
+            Some(path) => load_file(path)?,
+            None => RawConfig::default(),
+        };
+        if args.dev {
+            apply_dev_presets(&mut raw)?;
+        }
+        if let Some(s) = &args.socket {
+            raw.socket_path = Some(s.clone());
+        }
+        if let Some(d) = &args.state_dir {
+            raw.soft.get_or_insert_with(Default::default).state_dir = Some(d.clone());
+        }
+        if let Some(n) = args.max_sessions {
+            raw.max_sessions = Some(n);
+        }
+        if let Some(l) = &args.log_level {
+            raw.log_level = Some(l.clone());
+        }
+        let mut settings = Self::validate(raw)?;
+        settings.dev = args.dev;
+        Ok(settings)
+    }
+
+    /// Checks every field and fills in defaults.
+    pub fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let socket_mode = match raw.socket_mode.as_deref() {
+            None => 0o660,
+            Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    invalid(
+                        "socket_mode",
+                        format!("{s:?} is not an octal mode like \"0660\""),
+                    )
+                })?,
+        };
+        let max_frame = bounded(
+            "max_frame",
+            raw.max_frame,
+            DEFAULT_MAX_FRAME.into(),
+            1024,
+            MAX_FRAME_CEILING.into(),
+        )? as u32;
+        let backend = match raw.backend.as_deref().unwrap_or("soft") {
+            "soft" => {
+                let soft = raw.soft.unwrap_or_default();
+                let defaults = KdfParams::default();
+                let kdf = KdfParams {
+                    memory_kib: soft.kdf_memory_kib.unwrap_or(defaults.memory_kib),
+                    iterations: soft.kdf_iterations.unwrap_or(defaults.iterations),
+                    parallelism: soft.kdf_parallelism.unwrap_or(defaults.parallelism),
+                };
+                if kdf.iterations == 0
+                    || kdf.parallelism == 0
+                    || kdf.memory_kib < 8 * kdf.parallelism
+                {
+                    return Err(invalid(
+                        "soft.kdf_*",
+                        "need iterations ≥ 1, parallelism ≥ 1, memory_kib ≥ 8 × parallelism",
+                    ));
+                }
+                BackendSettings::Soft(SoftConfig {
+                    state_dir: soft
+                        .state_dir
+                        .unwrap_or_else(|| PathBuf::from("/var/lib/harpocrates/soft")),
+                    kdf,
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "backend",
+                    format!("{other:?} is not a known backend (known: \"soft\")"),
+                ));
+            }
+        };
+        Ok(Self {
+            socket_path: raw
+                .socket_path
+                .unwrap_or_else(|| PathBuf::from(paths::SYSTEM_SOCKET)),
+            socket_mode,
+            max_frame,
+            queue_depth: bounded("queue_depth", raw.queue_depth, 4096, 1, 1 << 20)? as usize,
+            max_connections: bounded("max_connections", raw.max_connections, 1024, 1, 1 << 20)?
+                as usize,
+            max_in_flight: bounded("max_in_flight", raw.max_in_flight, 1024, 1, 1 << 16)? as usize,
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                raw.shutdown_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            max_sessions: bounded("max_sessions", raw.max_sessions, 2, 1, 1024)? as u32,
+            session_timeout: duration(
+                "session_timeout",
+                raw.session_timeout.as_deref(),
+                Duration::from_secs(30 * 60),
+            )?,
+            retry: RetryPolicy {
+                attempts: bounded("retry_attempts", raw.retry_attempts, 3, 0, 100)? as u32,
+                delay: duration(
+                    "retry_delay",
+                    raw.retry_delay.as_deref(),
+                    Duration::from_secs(5),
+                )?,
+            },
+            pin: PinSource {
+                credential: raw.pin_credential,
+                file: raw.pin_file,
+                env: raw.pin_env,
+            },
+            log_level: raw.log_level.unwrap_or_else(|| "info".into()),
+            backend,
+            dev: false,
+        })
+    }
+}
+
+/// Reads and parses a TOML file.
+pub fn load_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The per-user state directory of `--dev`: `$XDG_STATE_HOME/harpocrates/dev`, else
+/// `~/.local/state/harpocrates/dev`, else beside the dev socket.
+pub fn dev_state_dir() -> PathBuf {
+    let from_env = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(state) = from_env("XDG_STATE_HOME") {
+        return state.join("harpocrates/dev");
+    }
+    if let Some(home) = from_env("HOME") {
+        return home.join(".local/state/harpocrates/dev");
+    }
+    paths::dev_runtime_dir().join("state")
+}
+
+/// `--dev`: soft token in the per-user state directory, a generated PIN kept beside it
+/// (mode 0600), the per-user socket readable by this user only.
+fn apply_dev_presets(raw: &mut RawConfig) -> Result<(), ConfigError> {
+    let state_dir = raw
+        .soft
+        .as_ref()
+        .and_then(|s| s.state_dir.clone())
+        .unwrap_or_else(dev_state_dir);
+    let pin_file = state_dir.join("dev.pin");
+    ensure_dev_pin(&pin_file)?;
+    raw.backend = Some("soft".into());
+    raw.soft.get_or_insert_with(Default::default).state_dir = Some(state_dir);
+    raw.socket_path.get_or_insert_with(paths::dev_socket_path);
+    raw.socket_mode = Some("0600".into());
+    raw.pin_file = Some(pin_file);
+    raw.pin_env = None;
+    raw.pin_credential = None;
+    // A development daemon should notice a dead token quickly.
+    raw.retry_delay.get_or_insert_with(|| "100ms".into());
+    Ok(())
+}
+
+fn ensure_dev_pin(path: &Path) -> Result<(), ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ConfigError::Pin(format!("cannot create {}: {e}", dir.display())))?;
+    let mut raw = zeroize::Zeroizing::new([0u8; 24]);
+    getrandom::fill(raw.as_mut_slice())
+        .map_err(|e| ConfigError::Pin(format!("no randomness: {e}")))?;
+    let pin: zeroize::Zeroizing<String> =
+        zeroize::Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(pin.as_bytes()))
+        .map_err(|e| ConfigError::Pin(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::validate(toml::from_str(text).map_err(|e: toml::de::Error| {
+            ConfigError::Parse {
+                path: "test.toml".into(),
+                message: e.to_string(),
+            }
+        })?)
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = parse("").expect("empty config is valid");
+        assert_eq!(s.socket_path, Path::new(paths::SYSTEM_SOCKET));
+        assert_eq!(s.socket_mode, 0o660);
+        assert_eq!(s.max_frame, DEFAULT_MAX_FRAME);
+        assert_eq!(
+            s.retry,
+            RetryPolicy {
+                attempts: 3,
+                delay: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(s.session_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn values_are_read() {
+        let s = parse(
+            r#"
+            socket_path = "/tmp/x.sock"
+            socket_mode = "0600"
+            max_sessions = 4
+            session_timeout = "5m"
+            retry_attempts = 1
+            retry_delay = "250ms"
+            pin_env = "MY_PIN"
+            [soft]
+            state_dir = "/tmp/state"
+            kdf_memory_kib = 1024
+            "#,
+        )
+        .expect("valid");
+        assert_eq!((s.socket_mode, s.max_sessions), (0o600, 4));
+        assert_eq!(s.retry.delay, Duration::from_millis(250));
+        assert_eq!(s.pin.env.as_deref(), Some("MY_PIN"));
+        let BackendSettings::Soft(soft) = s.backend;
+        assert_eq!(soft.state_dir, Path::new("/tmp/state"));
+        assert_eq!(soft.kdf.memory_kib, 1024);
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        for (text, field) in [
+            ("max_sessions = 0", "max_sessions"),
+            ("max_frame = 10", "max_frame"),
+            ("socket_mode = \"rw\"", "socket_mode"),
+            ("retry_delay = \"soon\"", "retry_delay"),
+            ("backend = \"luna\"", "backend"),
+            ("session_timeout = \"-1s\"", "session_timeout"),
+            ("[soft]\nkdf_iterations = 0", "soft.kdf_"),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(field), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = parse("max_sesions = 3").expect_err("typo").to_string();
+        assert!(err.contains("max_sesions"), "{err}");
+    }
+
+    #[test]
+    fn dev_presets_make_a_pin_and_private_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = Args {
+            dev: true,
+            state_dir: Some(dir.path().join("state")),
+            socket: Some(dir.path().join("s.sock")),
+            ..Default::default()
+        };
+        let s = Settings::from_args(&args).expect("dev settings");
+        assert!(s.dev);
+        assert_eq!(s.socket_mode, 0o600);
+        let pin = s.pin.load().expect("generated pin");
+        assert_eq!(pin.len(), 48);
+        let again = Settings::from_args(&args).expect("dev settings");
+        assert_eq!(
+            again.pin.load().expect("same pin").as_str(),
+            pin.as_str(),
+            "PIN is kept"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Key names and the formats of what keys produce.
+
+pub mod ciphertext;
+pub mod name;

@@ -1,0 +1,233 @@
+//! Routing: which part of the daemon answers a request.
+//!
+//! Cheap requests (ping, metrics, capabilities) are answered right here on the I/O
+//! thread; HSM operations go to the [session pool](crate::actors::session::pool); a
+//! `Batch` is split, its HSM operations admitted together as one unit of work, and the
+//! answers put back in request order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use harpocrates_protocol::{
+    ErrorCode, MAX_BATCH_LEN, MAX_RANDOM_LEN, Request, Response, WireError, WireResult,
+};
+
+use crate::actors::session::pool::SessionPool;
+use crate::keys::name::validate_label;
+use crate::metrics::Metrics;
+
+/// Answers requests after the handshake.
+pub struct Router {
+    pool: SessionPool,
+    metrics: Arc<Metrics>,
+}
+
+/// Where one request is answered.
+enum Place {
+    Here(WireResult),
+    Pool,
+}
+
+impl Router {
+    /// A router over `pool`.
+    pub fn new(pool: SessionPool, metrics: Arc<Metrics>) -> Self {
+        Self { pool, metrics }
+    }
+
+    /// The backend's name, for the handshake.
+    pub fn backend_name(&self) -> &'static str {
+        self.pool.shared().backend.name()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one request (which may be a batch).
+    pub async fn handle(&self, request: Request) -> WireResult {
+        let started = Instant::now();
+        match request {
+            Request::Batch(items) => {
+                let result = self.batch(items).await;
+                self.metrics
+                    .record("batch", result.is_ok(), started.elapsed());
+                result
+            }
+            single => match self.place(&single) {
+                Place::Here(result) => {
+                    self.metrics
+                        .record(single.op_name(), result.is_ok(), started.elapsed());
+                    result
+                }
+                Place::Pool => self
+                    .run_in_pool(vec![single])
+                    .await
+                    .pop()
+                    .unwrap_or_else(lost),
+            },
+        }
+    }
+
+    async fn batch(&self, items: Vec<Request>) -> WireResult {
+        if items.len() > MAX_BATCH_LEN {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "batch of {} operations; the limit is {MAX_BATCH_LEN}",
+                    items.len()
+                ),
+            ));
+        }
+        let started = Instant::now();
+        let mut answers: Vec<Option<WireResult>> = Vec::with_capacity(items.len());
+        let mut for_pool = Vec::new();
+        for item in items {
+            match self.place(&item) {
+                Place::Here(result) => {
+                    self.metrics
+                        .record(item.op_name(), result.is_ok(), started.elapsed());
+                    answers.push(Some(result));
+                }
+                Place::Pool => {
+                    answers.push(None);
+                    for_pool.push(item);
+                }
+            }
+        }
+        let mut pooled = if for_pool.is_empty() {
+            Vec::new()
+        } else {
+            self.run_in_pool(for_pool).await
+        }
+        .into_iter();
+        let answers = answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| pooled.next().unwrap_or_else(lost)))
+            .collect();
+        Ok(Response::Batch(answers))
+    }
+
+    /// Submits operations to the pool as one unit; every one gets an answer.
+    async fn run_in_pool(&self, ops: Vec<Request>) -> Vec<WireResult> {
+        let n = ops.len();
+        let names: Vec<&'static str> = ops.iter().map(Request::op_name).collect();
+        match self.pool.submit(ops) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| vec![lost(); n]),
+            Err(refused) => {
+                for name in names {
+                    self.metrics.record(name, false, std::time::Duration::ZERO);
+                }
+                vec![Err(refused); n]
+            }
+        }
+    }
+
+    fn place(&self, request: &Request) -> Place {
+        let here = Place::Here;
+        match request {
+            Request::Hello { .. } => here(Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "Hello is only valid as the first request on a connection",
+            ))),
+            Request::Batch(_) => here(Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "a Batch may not contain a Batch",
+            ))),
+            Request::Ping => here(Ok(Response::Pong)),
+            Request::SupportsKeyBackup => here(Ok(Response::BackupSupported(
+                self.pool.shared().backend.supports_key_backup(),
+            ))),
+            Request::GetMetrics => here(Ok(Response::Metrics(self.metrics.snapshot()))),
+            other => match validate(other) {
+                Ok(()) => Place::Pool,
+                Err(e) => here(Err(e)),
+            },
+        }
+    }
+}
+
+/// Checks the arguments of an HSM operation before it is queued.
+pub fn validate(request: &Request) -> Result<(), WireError> {
+    let bad = |m: String| Err(WireError::new(ErrorCode::InvalidRequest, m));
+    let label =
+        |l: &str| validate_label(l).map_err(|m| WireError::new(ErrorCode::InvalidRequest, m));
+    let size = |bits: u32| match bits {
+        128 | 192 | 256 => Ok(()),
+        other => bad(format!("AES keys are 128, 192 or 256 bits, not {other}")),
+    };
+    match request {
+        Request::GenerateRandom { len } if *len > MAX_RANDOM_LEN => bad(format!(
+            "{len} random bytes requested; the limit is {MAX_RANDOM_LEN}"
+        )),
+        Request::GenerateKey {
+            label: l,
+            size_bits,
+        } => label(l).and_then(|()| size(*size_bits)),
+        Request::GenerateKeyWithAttributes {
+            label: l,
+            attributes,
+        } => label(l).and_then(|()| size(attributes.size_bits)),
+        Request::Encrypt { key, .. }
+        | Request::Decrypt { key, .. }
+        | Request::DestroyKey { key } => label(key.as_str()),
+        _ => Ok(()),
+    }
+}
+
+fn lost() -> WireResult {
+    Err(WireError::new(
+        ErrorCode::Unavailable,
+        "the session actor stopped before answering",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harpocrates_protocol::KeyAttributes;
+
+    #[test]
+    fn validation_refuses_out_of_range_arguments() {
+        let refused = [
+            Request::GenerateRandom {
+                len: MAX_RANDOM_LEN + 1,
+            },
+            Request::GenerateKey {
+                label: "ok".into(),
+                size_bits: 512,
+            },
+            Request::GenerateKey {
+                label: "bad label".into(),
+                size_bits: 256,
+            },
+            Request::GenerateKeyWithAttributes {
+                label: "ok".into(),
+                attributes: KeyAttributes::aes(100),
+            },
+            Request::Encrypt {
+                key: "".into(),
+                plaintext: Vec::new().into(),
+                aad: None,
+            },
+            Request::DestroyKey { key: "x\n".into() },
+        ];
+        for r in refused {
+            let err = validate(&r).expect_err(r.op_name());
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+        }
+        assert_eq!(
+            validate(&Request::GenerateRandom {
+                len: MAX_RANDOM_LEN
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&Request::GenerateKey {
+                label: "k".into(),
+                size_bits: 192
+            }),
+            Ok(())
+        );
+    }
+}

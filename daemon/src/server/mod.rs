@@ -1,0 +1,239 @@
+//! The server: listener, connections, routing, and the daemon's life cycle.
+//!
+//! [`serve`] runs inside an actix `System` (a single-threaded tokio runtime): it binds the
+//! socket, starts the session pool, accepts connections until told to stop, then drains
+//! in-flight requests and removes the socket. [`run`] adds signal handling for the
+//! binary; [`spawn`] runs a daemon on a background thread for tests and benchmarks.
+
+pub mod connection;
+pub mod dispatch;
+pub mod listener;
+pub mod peer;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use harpocrates_protocol::{ErrorCode, MessageCodec, RequestFrame, ResponseFrame, WireError};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actors::session::PoolShared;
+use crate::actors::session::pool::SessionPool;
+use crate::backend::Backend;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+pub use listener::ListenError;
+
+/// Runs the daemon until `shutdown` is cancelled. `ready` receives the socket path once
+/// the daemon accepts connections (or the reason it cannot).
+pub async fn serve(
+    settings: Settings,
+    backend: Arc<dyn Backend>,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<Result<PathBuf, ListenError>>,
+) {
+    let bound = match listener::bind(&settings.socket_path, settings.socket_mode) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(PoolShared {
+        backend,
+        max_sessions: settings.max_sessions,
+        active: AtomicU32::new(0),
+        retry: settings.retry,
+        session_timeout: settings.session_timeout,
+        started: Instant::now(),
+    });
+    let pool = SessionPool::start(shared, settings.queue_depth, metrics.clone());
+    let router = Rc::new(dispatch::Router::new(pool, metrics.clone()));
+    let limits = connection::ConnectionLimits {
+        max_frame: settings.max_frame,
+        max_in_flight: settings.max_in_flight,
+    };
+
+    let sampler = {
+        let metrics = metrics.clone();
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                metrics.sample();
+            }
+        })
+    };
+
+    let _ = ready.send(Ok(bound.path().to_owned()));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            a = bound.listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if connections.len() >= settings.max_connections {
+            connections.spawn_local(refuse_busy(stream, settings.max_frame));
+            continue;
+        }
+        connections.spawn_local(connection::serve(
+            stream,
+            router.clone(),
+            limits,
+            shutdown.clone(),
+        ));
+    }
+
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    drop(bound);
+    connections.close();
+    if tokio::time::timeout(settings.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = connections.len(),
+            "shutdown timeout; dropping connections with requests still in flight"
+        );
+    }
+    sampler.abort();
+}
+
+/// Tells a client over the connection limit why it is being turned away.
+async fn refuse_busy(stream: tokio::net::UnixStream, max_frame: u32) {
+    use futures::SinkExt;
+    let mut sink = tokio_util::codec::FramedWrite::new(
+        stream,
+        MessageCodec::<RequestFrame, ResponseFrame>::new(max_frame),
+    );
+    let err = WireError::new(ErrorCode::Busy, "too many connections; retry later");
+    let _ = sink
+        .send(ResponseFrame {
+            id: 0,
+            result: Err(err),
+        })
+        .await;
+}
+
+/// Runs the daemon in this thread until SIGTERM or SIGINT. Prints nothing; the caller
+/// learns the socket path through `on_ready`.
+pub fn run(
+    settings: Settings,
+    backend: Arc<dyn Backend>,
+    on_ready: impl FnOnce(&std::path::Path) + 'static,
+) -> Result<(), ListenError> {
+    let system = actix::System::new();
+    let result = system.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let server = actix::spawn(serve(settings, backend, shutdown.clone(), ready_tx));
+        match ready_rx.await {
+            Ok(Ok(path)) => on_ready(&path),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        wait_for_signal().await;
+        shutdown.cancel();
+        let _ = server.await;
+        Ok(())
+    });
+    actix::System::current().stop();
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// A daemon running on a background thread (tests, benchmarks, embedding).
+pub struct RunningDaemon {
+    socket_path: PathBuf,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningDaemon {
+    /// Where it listens.
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.socket_path
+    }
+
+    /// Stops it gracefully and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Starts a daemon on its own thread and returns once it accepts connections.
+pub fn spawn(settings: Settings, backend: Arc<dyn Backend>) -> Result<RunningDaemon, ListenError> {
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let token = shutdown.clone();
+    let thread = std::thread::Builder::new()
+        .name("harpocratesd".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            system.block_on(serve(settings, backend, token, ready_tx));
+            actix::System::current().stop();
+        })
+        .map_err(|source| ListenError::Io {
+            path: PathBuf::new(),
+            source,
+        })?;
+    match ready_rx.blocking_recv() {
+        Ok(Ok(socket_path)) => Ok(RunningDaemon {
+            socket_path,
+            shutdown,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(ListenError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other("daemon thread exited before it was ready"),
+            })
+        }
+    }
+}
