@@ -1,4 +1,39 @@
-//! c
-pub struct Client;
-pub struct BlockingClient;
-pub struct Error;
+//! Client for the Harpocrates daemon (`harpocratesd`).
+//!
+//! [`Client`] is async (tokio); [`BlockingClient`] wraps it for synchronous code. Both
+//! speak the [wire protocol](harpocrates_protocol) over the daemon's Unix socket:
+//!
+//! * **pipelined** — one connection carries many requests at once, answered in any order;
+//! * **auto-batching** — calls made concurrently on one client are coalesced into `Batch`
+//!   frames whenever the connection's writer is busy, with no added delay for a lone call;
+//! * **explicit batches** — [`Client::batch`] sends many operations in one frame;
+//! * **reconnecting** — after the daemon restarts, the next call opens a new connection.
+//!   A call in flight when the connection drops fails with [`Error::ConnectionLost`]
+//!   (it may or may not have run), never silently retried.
+//!
+//! Errors are typed: match on [`Error::KeyNotFound`], [`Error::Busy`], ... — one variant
+//! per wire code.
+//!
+//! ```no_run
+//! # async fn demo() -> harpocrates_client::Result<()> {
+//! use harpocrates_client::Client;
+//! let client = Client::connect_default().await?;
+//! client.generate_key("orders", 256).await?;
+//! let ct = client.encrypt("orders", b"card 4242", Some(b"order:17")).await?;
+//! let pt = client.decrypt("orders", &ct, Some(b"order:17")).await?;
+//! assert_eq!(pt.expose(), b"card 4242");
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
+pub mod blocking;
+pub mod client;
+pub mod connection;
+pub mod error;
+
+pub use batch::BatchBuilder;
+pub use blocking::BlockingClient;
+pub use client::Client;
+pub use connection::{ClientOptions, ServerInfo};
+pub use error::{Error, Result};
+pub use harpocrates_protocol::{KeyAttributes, KeyInfo, SecretBytes};

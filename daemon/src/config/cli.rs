@@ -6,7 +6,7 @@ use clap::Parser;
 
 /// harpocratesd — an HSM behind one Unix socket.
 #[derive(Debug, Default, Parser)]
-#[command(name = "harpocratesd", version, about)]
+#[command(name = "harpocratesd", version)]
 pub struct Args {
     /// Configuration file (TOML).
     #[arg(short, long, value_name = "FILE", conflicts_with = "dev")]

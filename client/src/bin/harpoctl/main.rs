@@ -1,1 +1,167 @@
-fn main() {}
+//! `harpoctl`: command-line access to harpocratesd, for people (tables) and scripts
+//! (`--json`, exit codes by error kind).
+
+mod cli;
+mod output;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::Parser;
+use harpocrates_client::{Client, Error, KeyAttributes};
+use harpocrates_protocol::paths;
+use zeroize::Zeroizing;
+
+use cli::{Cli, Command, CryptArgs, KeysCommand};
+use output::Out;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out { json: cli.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("harpoctl: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            out.error("usage", &msg);
+            ExitCode::from(2)
+        }
+        Err(Failure::Client(e)) => {
+            out.error(e.code().map_or("client", |c| c.name()), &e.to_string());
+            ExitCode::from(exit_code(&e))
+        }
+        Err(Failure::Io(e)) => {
+            out.error("io", &e.to_string());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Client(Error),
+    Io(std::io::Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Client(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// sysexits-style codes, so scripts can tell "retry later" from "fix your input".
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidRequest(_) | Error::FrameTooLarge(_) => 64,
+        Error::IntegrityCheckFailed(_) => 65,
+        Error::KeyNotFound(_) => 66,
+        Error::Connect { .. }
+        | Error::ConnectionLost(_)
+        | Error::Unavailable(_)
+        | Error::NotInitialized(_)
+        | Error::SessionInvalid(_) => 69,
+        Error::KeyExists(_) => 73,
+        Error::Busy(_) => 75,
+        Error::UnsupportedVersion(_) | Error::Unsupported(_) | Error::Protocol(_) => 76,
+        Error::PermissionDenied(_) => 77,
+        _ => 1,
+    }
+}
+
+async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
+    let socket = cli.socket.unwrap_or_else(paths::default_socket_path);
+    if let Command::Keys(KeysCommand::Destroy { yes: false, label }) = &cli.command {
+        return Err(Failure::Usage(format!(
+            "destroying '{label}' cannot be undone; add --yes to confirm"
+        )));
+    }
+    let client = Client::connect(&socket).await?;
+    match cli.command {
+        Command::Ping => {
+            let started = std::time::Instant::now();
+            client.ping().await?;
+            out.ping(started.elapsed());
+        }
+        Command::Health => out.health(&client.health_check().await?),
+        Command::Metrics => out.metrics(&client.metrics().await?),
+        Command::Random { len, raw, base64 } => {
+            let bytes = client.generate_random(len).await?;
+            out.random(bytes.expose(), raw, base64)?;
+        }
+        Command::Keys(KeysCommand::Generate {
+            label,
+            size,
+            extractable,
+            wrap,
+            unwrap,
+            no_encrypt,
+            no_decrypt,
+        }) => {
+            let attributes = KeyAttributes {
+                size_bits: size,
+                extractable,
+                sensitive: true,
+                encrypt: !no_encrypt,
+                decrypt: !no_decrypt,
+                wrap,
+                unwrap,
+            };
+            out.key_generated(
+                &client
+                    .generate_key_with_attributes(&label, attributes)
+                    .await?,
+            );
+        }
+        Command::Keys(KeysCommand::List) => out.keys(&client.list_keys().await?),
+        Command::Keys(KeysCommand::Destroy { label, .. }) => {
+            client.destroy_key(&label).await?;
+            out.destroyed(&label);
+        }
+        Command::Encrypt(args) => {
+            let plaintext = read_stdin()?;
+            let ct = client.encrypt(&args.key, &plaintext, aad(&args)).await?;
+            out.ciphertext(&ct, args.base64)?;
+        }
+        Command::Decrypt(args) => {
+            let input = read_stdin()?;
+            let ciphertext = if args.base64 {
+                let text = std::str::from_utf8(&input)
+                    .map_err(|_| Failure::Usage("base64 input is not text".into()))?;
+                B64.decode(text.trim())
+                    .map_err(|e| Failure::Usage(format!("invalid base64 input: {e}")))?
+            } else {
+                input.to_vec()
+            };
+            let pt = client.decrypt(&args.key, &ciphertext, aad(&args)).await?;
+            out.plaintext(pt.expose())?;
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn aad(args: &CryptArgs) -> Option<&[u8]> {
+    args.aad.as_deref().map(str::as_bytes)
+}
+
+fn read_stdin() -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin().lock().read_to_end(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,238 @@
+//! How harpoctl prints: aligned text for people, one JSON document for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use harpocrates_protocol::{HealthStatus, KeyInfo, MetricsSnapshot};
+use serde_json::{Value, json};
+
+/// Output mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key_json(k: &KeyInfo) -> Value {
+    let a = &k.attributes;
+    json!({
+        "label": k.handle.as_str(),
+        "algorithm": k.algorithm.to_string(),
+        "size_bits": a.size_bits,
+        "id": hex(&k.id),
+        "extractable": a.extractable,
+        "sensitive": a.sensitive,
+        "encrypt": a.encrypt,
+        "decrypt": a.decrypt,
+        "wrap": a.wrap,
+        "unwrap": a.unwrap,
+    })
+}
+
+fn usage(k: &KeyInfo) -> String {
+    let a = &k.attributes;
+    let flags = [
+        (a.encrypt, "encrypt"),
+        (a.decrypt, "decrypt"),
+        (a.wrap, "wrap"),
+        (a.unwrap, "unwrap"),
+        (a.extractable, "extractable"),
+        (a.sensitive, "sensitive"),
+    ];
+    flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Out {
+    fn print_json(&self, v: &Value) {
+        println!("{v}");
+    }
+
+    /// An error, on stderr.
+    pub fn error(&self, code: &str, message: &str) {
+        if self.json {
+            eprintln!(
+                "{}",
+                json!({ "error": { "code": code, "message": message } })
+            );
+        } else {
+            eprintln!("harpoctl: {message}");
+        }
+    }
+
+    /// `ping`.
+    pub fn ping(&self, rtt: Duration) {
+        if self.json {
+            self.print_json(&json!({ "ok": true, "rtt_us": rtt.as_micros() as u64 }));
+        } else {
+            println!("pong ({:.0} µs)", rtt.as_secs_f64() * 1e6);
+        }
+    }
+
+    /// `health`.
+    pub fn health(&self, h: &HealthStatus) {
+        if self.json {
+            self.print_json(&json!({
+                "state": format!("{:?}", h.state).to_lowercase(),
+                "backend": h.backend,
+                "token": { "label": h.token.label, "manufacturer": h.token.manufacturer,
+                           "model": h.token.model, "serial": h.token.serial },
+                "token_reachable": h.token_reachable,
+                "active_sessions": h.active_sessions,
+                "max_sessions": h.max_sessions,
+                "key_count": h.key_count,
+                "uptime_secs": h.uptime_secs,
+            }));
+        } else {
+            println!("state:     {:?}", h.state);
+            println!("backend:   {}", h.backend);
+            println!(
+                "token:     {} ({} {}, serial {})",
+                h.token.label, h.token.manufacturer, h.token.model, h.token.serial
+            );
+            println!("reachable: {}", h.token_reachable);
+            println!("sessions:  {}/{}", h.active_sessions, h.max_sessions);
+            println!("keys:      {}", h.key_count);
+            println!("uptime:    {}s", h.uptime_secs);
+        }
+    }
+
+    /// `metrics`.
+    pub fn metrics(&self, m: &MetricsSnapshot) {
+        if self.json {
+            let per_op: Vec<Value> = m
+                .per_op
+                .iter()
+                .map(|o| json!({ "op": o.op, "count": o.count, "errors": o.errors, "avg_latency_us": o.avg_latency_us }))
+                .collect();
+            self.print_json(&json!({
+                "uptime_secs": m.uptime_secs, "ops_total": m.ops_total, "errors_total": m.errors_total,
+                "ops_per_sec": m.ops_per_sec, "avg_latency_us": m.avg_latency_us,
+                "error_rate": m.error_rate, "connections": m.connections, "per_op": per_op,
+            }));
+        } else {
+            println!(
+                "uptime {}s, {} ops ({:.1}/s), {} errors ({:.2}%), avg {:.1} µs, {} connections",
+                m.uptime_secs,
+                m.ops_total,
+                m.ops_per_sec,
+                m.errors_total,
+                m.error_rate * 100.0,
+                m.avg_latency_us,
+                m.connections
+            );
+            println!(
+                "{:<30} {:>12} {:>10} {:>12}",
+                "OPERATION", "COUNT", "ERRORS", "AVG µs"
+            );
+            for o in &m.per_op {
+                println!(
+                    "{:<30} {:>12} {:>10} {:>12.1}",
+                    o.op, o.count, o.errors, o.avg_latency_us
+                );
+            }
+        }
+    }
+
+    /// `random`.
+    pub fn random(&self, bytes: &[u8], raw: bool, base64: bool) -> std::io::Result<()> {
+        if self.json {
+            self.print_json(&json!({ "hex": hex(bytes) }));
+        } else if raw {
+            std::io::stdout().lock().write_all(bytes)?;
+        } else if base64 {
+            println!("{}", B64.encode(bytes));
+        } else {
+            println!("{}", hex(bytes));
+        }
+        Ok(())
+    }
+
+    /// `keys generate`.
+    pub fn key_generated(&self, k: &KeyInfo) {
+        if self.json {
+            self.print_json(&key_json(k));
+        } else {
+            println!(
+                "created {} ({}-bit {}, {})",
+                k.handle,
+                k.attributes.size_bits,
+                k.algorithm,
+                usage(k)
+            );
+        }
+    }
+
+    /// `keys list`.
+    pub fn keys(&self, keys: &[KeyInfo]) {
+        if self.json {
+            self.print_json(&Value::Array(keys.iter().map(key_json).collect()));
+            return;
+        }
+        if keys.is_empty() {
+            println!("no keys");
+            return;
+        }
+        let width = keys
+            .iter()
+            .map(|k| k.handle.as_str().len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        println!(
+            "{:<width$}  {:<6} {:>5}  {:<32}  USAGE",
+            "LABEL", "ALG", "BITS", "ID"
+        );
+        for k in keys {
+            println!(
+                "{:<width$}  {:<6} {:>5}  {:<32}  {}",
+                k.handle.as_str(),
+                k.algorithm.to_string(),
+                k.attributes.size_bits,
+                hex(&k.id),
+                usage(k)
+            );
+        }
+    }
+
+    /// `keys destroy`.
+    pub fn destroyed(&self, label: &str) {
+        if self.json {
+            self.print_json(&json!({ "destroyed": label }));
+        } else {
+            println!("destroyed {label}");
+        }
+    }
+
+    /// `encrypt`: raw bytes unless base64 or JSON was asked for.
+    pub fn ciphertext(&self, ct: &[u8], base64: bool) -> std::io::Result<()> {
+        if self.json {
+            self.print_json(&json!({ "ciphertext_base64": B64.encode(ct) }));
+        } else if base64 {
+            println!("{}", B64.encode(ct));
+        } else {
+            std::io::stdout().lock().write_all(ct)?;
+        }
+        Ok(())
+    }
+
+    /// `decrypt`: the plaintext exactly (base64 inside JSON).
+    pub fn plaintext(&self, pt: &[u8]) -> std::io::Result<()> {
+        if self.json {
+            self.print_json(&json!({ "plaintext_base64": B64.encode(pt) }));
+        } else {
+            std::io::stdout().lock().write_all(pt)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! [`BlockingClient`]: the same client for code without an async runtime.
+
+use std::path::Path;
+
+use harpocrates_protocol::{
+    HealthStatus, KeyAttributes, KeyInfo, MetricsSnapshot, Request, Response, SecretBytes,
+};
+
+use crate::batch::BatchBuilder;
+use crate::client::Client;
+use crate::connection::ClientOptions;
+use crate::error::{Error, Result};
+
+/// A synchronous client. It owns a small runtime (one worker thread) that drives the
+/// connection; calls from several threads share the connection and are batched together.
+///
+/// Do not call it from inside an async runtime: use [`Client`] there.
+pub struct BlockingClient {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl std::fmt::Debug for BlockingClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingClient")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockingClient {
+    /// Connects to the daemon at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with(path, ClientOptions::default())
+    }
+
+    /// Connects to the default socket (see [`Client::connect_default`]).
+    pub fn connect_default() -> Result<Self> {
+        Self::connect(harpocrates_protocol::paths::default_socket_path())
+    }
+
+    /// Connects with explicit options.
+    pub fn connect_with(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("harpocrates-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Connect {
+                path: path.as_ref().to_owned(),
+                reason: e.to_string(),
+            })?;
+        let client = runtime.block_on(Client::connect_with(path, options))?;
+        Ok(Self { runtime, client })
+    }
+
+    /// The async client inside, for mixing styles.
+    pub fn as_async(&self) -> &Client {
+        &self.client
+    }
+
+    /// See [`Client::call`].
+    pub fn call(&self, request: Request) -> Result<Response> {
+        self.runtime.block_on(self.client.call(request))
+    }
+
+    /// Sends an explicit batch built with `build`; see [`Client::batch`].
+    pub fn batch(
+        &self,
+        build: impl FnOnce(BatchBuilder<'_>) -> BatchBuilder<'_>,
+    ) -> Result<Vec<Result<Response>>> {
+        self.runtime.block_on(build(self.client.batch()).send())
+    }
+
+    /// See [`Client::ping`].
+    pub fn ping(&self) -> Result<()> {
+        self.runtime.block_on(self.client.ping())
+    }
+
+    /// See [`Client::generate_random`].
+    pub fn generate_random(&self, len: u32) -> Result<SecretBytes> {
+        self.runtime.block_on(self.client.generate_random(len))
+    }
+
+    /// See [`Client::generate_key`].
+    pub fn generate_key(&self, label: &str, size_bits: u32) -> Result<KeyInfo> {
+        self.runtime
+            .block_on(self.client.generate_key(label, size_bits))
+    }
+
+    /// See [`Client::generate_key_with_attributes`].
+    pub fn generate_key_with_attributes(
+        &self,
+        label: &str,
+        attributes: KeyAttributes,
+    ) -> Result<KeyInfo> {
+        self.runtime
+            .block_on(self.client.generate_key_with_attributes(label, attributes))
+    }
+
+    /// See [`Client::list_keys`].
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.runtime.block_on(self.client.list_keys())
+    }
+
+    /// See [`Client::encrypt`].
+    pub fn encrypt(&self, key: &str, plaintext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>> {
+        self.runtime
+            .block_on(self.client.encrypt(key, plaintext, aad))
+    }
+
+    /// See [`Client::decrypt`].
+    pub fn decrypt(&self, key: &str, ciphertext: &[u8], aad: Option<&[u8]>) -> Result<SecretBytes> {
+        self.runtime
+            .block_on(self.client.decrypt(key, ciphertext, aad))
+    }
+
+    /// See [`Client::destroy_key`].
+    pub fn destroy_key(&self, key: &str) -> Result<()> {
+        self.runtime.block_on(self.client.destroy_key(key))
+    }
+
+    /// See [`Client::supports_key_backup`].
+    pub fn supports_key_backup(&self) -> Result<bool> {
+        self.runtime.block_on(self.client.supports_key_backup())
+    }
+
+    /// See [`Client::health_check`].
+    pub fn health_check(&self) -> Result<HealthStatus> {
+        self.runtime.block_on(self.client.health_check())
+    }
+
+    /// See [`Client::metrics`].
+    pub fn metrics(&self) -> Result<MetricsSnapshot> {
+        self.runtime.block_on(self.client.metrics())
+    }
+}

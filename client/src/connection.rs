@@ -1,0 +1,384 @@
+//! One connection to the daemon: a writer task that coalesces concurrent calls into
+//! `Batch` frames, and a reader task that routes answers back by request id.
+//!
+//! Coalescing needs no timer: the writer takes whatever calls are queued the moment it
+//! is free. A lone call goes out at once as a single frame; calls that arrive while the
+//! writer is busy go out together in the next frame.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use harpocrates_protocol::{
+    FrameError, MAX_BATCH_LEN, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame, Response,
+    ResponseFrame, WireResult,
+};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::error::{Error, Result};
+
+type Codec = MessageCodec<ResponseFrame, RequestFrame>;
+type Reply = oneshot::Sender<Result<WireResult>>;
+
+/// How a connection behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Largest frame, both ways.
+    pub max_frame: u32,
+    /// Most calls coalesced into one `Batch` frame; 1 turns auto-batching off (calls are
+    /// still pipelined).
+    pub max_auto_batch: usize,
+    /// Calls queued for the writer before callers wait.
+    pub queue_depth: usize,
+    /// Name sent in the handshake, for the daemon's logs.
+    pub client_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            max_frame: harpocrates_protocol::DEFAULT_MAX_FRAME,
+            max_auto_batch: 256,
+            queue_depth: 4096,
+            client_name: format!("harpocrates-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// What the daemon said in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Protocol version in use.
+    pub protocol_version: u32,
+    /// Daemon software version.
+    pub daemon_version: String,
+    /// Backend name.
+    pub backend: String,
+}
+
+struct Call {
+    request: Request,
+    reply: Reply,
+}
+
+enum Pending {
+    Single(Reply),
+    Coalesced(Vec<Reply>),
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
+
+/// A live connection. Dropping it closes the connection once queued calls are written.
+pub struct Connection {
+    calls: mpsc::Sender<Call>,
+    alive: Arc<AtomicBool>,
+    info: ServerInfo,
+}
+
+impl Connection {
+    /// Connects to `path` and says Hello.
+    pub async fn open(path: &Path, options: &ClientOptions) -> Result<Self> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| Error::Connect {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let (read, write) = stream.into_split();
+        let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
+        let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
+
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client_name: options.client_name.clone(),
+        };
+        writer
+            .send(RequestFrame {
+                id: 1,
+                request: hello,
+            })
+            .await
+            .map_err(lost)?;
+        let info = match reader.next().await {
+            Some(Ok(Ok(ResponseFrame {
+                result:
+                    Ok(Response::Hello {
+                        version,
+                        daemon_version,
+                        backend,
+                    }),
+                ..
+            }))) => ServerInfo {
+                protocol_version: version,
+                daemon_version,
+                backend,
+            },
+            Some(Ok(Ok(ResponseFrame { result: Err(e), .. }))) => return Err(e.into()),
+            Some(Ok(Ok(other))) => {
+                return Err(Error::Protocol(format!(
+                    "unexpected handshake answer {other:?}"
+                )));
+            }
+            Some(Ok(Err(body))) => return Err(Error::Protocol(body.to_string())),
+            Some(Err(e)) => return Err(lost(e)),
+            None => return Err(Error::ConnectionLost("closed during the handshake".into())),
+        };
+
+        let pending: PendingMap = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (calls, rx) = mpsc::channel(options.queue_depth.max(1));
+        tokio::spawn(write_calls(
+            writer,
+            rx,
+            pending.clone(),
+            alive.clone(),
+            options.max_auto_batch,
+        ));
+        tokio::spawn(read_answers(reader, pending, alive.clone()));
+        Ok(Self { calls, alive, info })
+    }
+
+    /// Whether the connection still works.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.calls.is_closed()
+    }
+
+    /// The daemon's handshake answer.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(&self, request: Request) -> Result<WireResult> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Call { request, reply })
+            .await
+            .map_err(|_| Error::ConnectionLost("the connection is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::ConnectionLost("closed before the answer arrived".into()))?
+    }
+}
+
+fn lost(e: FrameError) -> Error {
+    Error::ConnectionLost(e.to_string())
+}
+
+async fn write_calls(
+    mut sink: FramedWrite<OwnedWriteHalf, Codec>,
+    mut rx: mpsc::Receiver<Call>,
+    pending: PendingMap,
+    alive: Arc<AtomicBool>,
+    max_auto_batch: usize,
+) {
+    let max_auto_batch = max_auto_batch.clamp(1, MAX_BATCH_LEN);
+    // Coalesced frames stay well under the limit so their answers fit too.
+    let budget = sink.encoder().max_frame() as usize / 2;
+    let mut next_id: u64 = 2;
+    let mut queued = Vec::with_capacity(max_auto_batch);
+    while alive.load(Ordering::Acquire) && rx.recv_many(&mut queued, max_auto_batch).await > 0 {
+        let mut ok = true;
+        let mut chunk: Vec<Call> = Vec::new();
+        let mut chunk_size = 0;
+        for call in queued.drain(..) {
+            if matches!(call.request, Request::Batch(_)) {
+                // Explicit batches travel alone: a Batch may not nest in another.
+                ok &= send_single(&mut sink, &pending, &mut next_id, call).await;
+                continue;
+            }
+            let size = size_hint(&call.request);
+            if !chunk.is_empty() && chunk_size + size > budget {
+                ok &= send_chunk(
+                    &mut sink,
+                    &pending,
+                    &mut next_id,
+                    std::mem::take(&mut chunk),
+                )
+                .await;
+                chunk_size = 0;
+            }
+            chunk_size += size;
+            chunk.push(call);
+        }
+        ok &= send_chunk(&mut sink, &pending, &mut next_id, chunk).await;
+        if !ok || sink.flush().await.is_err() {
+            break;
+        }
+    }
+    alive.store(false, Ordering::Release);
+    fail_all(&pending, "the connection closed");
+    // Calls still queued are answered by dropping their reply senders.
+}
+
+/// An upper bound of a request's encoded size (bincode adds at most 9 bytes per field).
+fn size_hint(request: &Request) -> usize {
+    const FIXED: usize = 64;
+    FIXED
+        + match request {
+            Request::Hello { client_name, .. } => client_name.len(),
+            Request::GenerateKey { label, .. }
+            | Request::GenerateKeyWithAttributes { label, .. } => label.len(),
+            Request::Encrypt {
+                key,
+                plaintext,
+                aad,
+            } => key.as_str().len() + plaintext.len() + aad.as_ref().map_or(0, Vec::len),
+            Request::Decrypt {
+                key,
+                ciphertext,
+                aad,
+            } => key.as_str().len() + ciphertext.len() + aad.as_ref().map_or(0, Vec::len),
+            Request::DestroyKey { key } => key.as_str().len(),
+            Request::Batch(items) => items.iter().map(size_hint).sum(),
+            _ => 0,
+        }
+}
+
+fn take_id(next_id: &mut u64) -> u64 {
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1).max(2);
+    id
+}
+
+/// Writes one call as its own frame. Returns false when the connection is unusable.
+async fn send_single(
+    sink: &mut FramedWrite<OwnedWriteHalf, Codec>,
+    pending: &PendingMap,
+    next_id: &mut u64,
+    call: Call,
+) -> bool {
+    let id = take_id(next_id);
+    lock(pending).insert(id, Pending::Single(call.reply));
+    let sent = sink
+        .feed(RequestFrame {
+            id,
+            request: call.request,
+        })
+        .await;
+    settle_send(pending, id, sent)
+}
+
+/// Writes calls as one `Batch` frame (or a lone call as itself).
+async fn send_chunk(
+    sink: &mut FramedWrite<OwnedWriteHalf, Codec>,
+    pending: &PendingMap,
+    next_id: &mut u64,
+    mut calls: Vec<Call>,
+) -> bool {
+    if calls.len() <= 1 {
+        return match calls.pop() {
+            Some(call) => send_single(sink, pending, next_id, call).await,
+            None => true,
+        };
+    }
+    let id = take_id(next_id);
+    let (requests, replies): (Vec<Request>, Vec<Reply>) =
+        calls.into_iter().map(|c| (c.request, c.reply)).unzip();
+    lock(pending).insert(id, Pending::Coalesced(replies));
+    let sent = sink
+        .feed(RequestFrame {
+            id,
+            request: Request::Batch(requests),
+        })
+        .await;
+    settle_send(pending, id, sent)
+}
+
+/// After a write: a frame refused as too large is answered locally; any other write
+/// error ends the connection (returns false).
+fn settle_send(pending: &PendingMap, id: u64, sent: Result<(), FrameError>) -> bool {
+    match sent {
+        Ok(()) => true,
+        Err(FrameError::TooLarge { len, max }) => {
+            let msg = format!("request of {len} bytes exceeds the {max}-byte frame limit");
+            let replies = match lock(pending).remove(&id) {
+                Some(Pending::Single(r)) => vec![r],
+                Some(Pending::Coalesced(rs)) => rs,
+                None => Vec::new(),
+            };
+            for r in replies {
+                let _ = r.send(Err(Error::FrameTooLarge(msg.clone())));
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+async fn read_answers(
+    mut stream: FramedRead<OwnedReadHalf, Codec>,
+    pending: PendingMap,
+    alive: Arc<AtomicBool>,
+) {
+    let reason = loop {
+        let frame = match stream.next().await {
+            Some(Ok(Ok(frame))) => frame,
+            Some(Ok(Err(body))) => break format!("undecodable answer: {body}"),
+            Some(Err(e)) => break e.to_string(),
+            None => break "the daemon closed the connection".to_owned(),
+        };
+        if frame.id == 0 {
+            // A connection-level error: the daemon closes the connection after it.
+            match frame.result {
+                Err(e) => break format!("{}: {}", e.code, e.message),
+                Ok(_) => continue,
+            }
+        }
+        let Some(waiting) = lock(&pending).remove(&frame.id) else {
+            continue;
+        };
+        match waiting {
+            Pending::Single(reply) => {
+                let _ = reply.send(Ok(frame.result));
+            }
+            Pending::Coalesced(replies) => split_batch_answer(frame.result, replies),
+        }
+    };
+    alive.store(false, Ordering::Release);
+    fail_all(&pending, &reason);
+}
+
+fn split_batch_answer(result: WireResult, replies: Vec<Reply>) {
+    match result {
+        Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(other) => {
+            let msg = format!("batch answered with {other:?}");
+            for reply in replies {
+                let _ = reply.send(Err(Error::Protocol(msg.clone())));
+            }
+        }
+        // The whole batch was refused (busy, too large, ...): each call gets that answer.
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Ok(Err(e.clone())));
+            }
+        }
+    }
+}
+
+fn fail_all(pending: &PendingMap, reason: &str) {
+    let drained: Vec<Pending> = lock(pending).drain().map(|(_, p)| p).collect();
+    for p in drained {
+        let replies = match p {
+            Pending::Single(r) => vec![r],
+            Pending::Coalesced(rs) => rs,
+        };
+        for r in replies {
+            let _ = r.send(Err(Error::ConnectionLost(reason.to_owned())));
+        }
+    }
+}
+
+fn lock(pending: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
