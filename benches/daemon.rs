@@ -1,1 +1,178 @@
-fn main() {}
+//! Throughput through the daemon next to the same work done in-process, in one run.
+//!
+//! Every group measures one operation several ways — directly on the backend session (no
+//! daemon), then through the Unix socket one request at a time, pipelined (256 in flight,
+//! auto-batching off), auto-batched (256 concurrent calls on one client), and as one
+//! explicit 256-operation batch — so ratios come from the same run on the same machine.
+//! `benches/report.py` turns criterion's output into the side-by-side table.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use harpocrates::client::{Client, ClientOptions};
+use harpocrates_daemon::backend::soft::store::KdfParams;
+use harpocrates_daemon::backend::soft::{SoftConfig, SoftToken};
+use harpocrates_daemon::backend::{Backend, BackendSession};
+use harpocrates_daemon::config::{RawConfig, Settings, raw::RawSoft};
+use harpocrates_daemon::server::{self, RunningDaemon};
+use zeroize::Zeroizing;
+
+const IN_FLIGHT: usize = 256;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    daemon: RunningDaemon,
+    /// A separate token of the same kind, used in-process as the baseline.
+    direct: Box<dyn BackendSession>,
+    runtime: tokio::runtime::Runtime,
+    batching: Client,
+    pipelining: Client,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pin"), "bench-pin").expect("pin");
+    let raw = RawConfig {
+        socket_path: Some(dir.path().join("bench.sock")),
+        pin_file: Some(dir.path().join("pin")),
+        log_level: Some("warn".into()),
+        soft: Some(RawSoft {
+            state_dir: Some(dir.path().join("daemon-state")),
+            kdf_memory_kib: Some(1024),
+            kdf_iterations: Some(1),
+            kdf_parallelism: None,
+        }),
+        ..RawConfig::default()
+    };
+    let settings = Settings::validate(raw).expect("settings");
+    let backend = harpocrates_daemon::startup::open_backend(&settings).expect("backend");
+    let daemon = server::spawn(settings, backend).expect("daemon");
+
+    let direct_token = SoftToken::open(
+        &SoftConfig {
+            state_dir: dir.path().join("direct-state"),
+            kdf: KdfParams {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+        },
+        &Zeroizing::new("bench-pin".into()),
+    )
+    .expect("direct token");
+    let mut direct = direct_token.open_session().expect("session");
+    direct
+        .generate_key("k", &harpocrates::protocol::KeyAttributes::aes(256))
+        .expect("key");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (batching, pipelining) = runtime.block_on(async {
+        let batching = Client::connect(daemon.socket_path())
+            .await
+            .expect("connect");
+        batching.generate_key("k", 256).await.expect("key");
+        let options = ClientOptions {
+            max_auto_batch: 1,
+            ..ClientOptions::default()
+        };
+        let pipelining = Client::connect_with(daemon.socket_path(), options)
+            .await
+            .expect("connect");
+        (batching, pipelining)
+    });
+    Fixture {
+        _dir: dir,
+        daemon,
+        direct,
+        runtime,
+        batching,
+        pipelining,
+    }
+}
+
+fn ping(c: &mut Criterion, f: &mut Fixture) {
+    let mut g = c.benchmark_group("ping");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("daemon_sequential", |b| {
+        b.iter(|| f.runtime.block_on(f.batching.ping()).expect("ping"))
+    });
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    g.bench_function("daemon_pipelined", |b| {
+        b.iter(|| {
+            f.runtime.block_on(futures::future::try_join_all(
+                (0..IN_FLIGHT).map(|_| f.pipelining.ping()),
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn encrypt(c: &mut Criterion, f: &mut Fixture, size: usize) {
+    let name = if size >= 1024 {
+        format!("encrypt_{}KiB", size / 1024)
+    } else {
+        format!("encrypt_{size}B")
+    };
+    let data = vec![0x5au8; size];
+    let mut g = c.benchmark_group(&name);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("in_process", |b| {
+        b.iter(|| black_box(f.direct.encrypt("k", &data, &[]).expect("encrypt")))
+    });
+    g.bench_function("daemon_sequential", |b| {
+        b.iter(|| {
+            f.runtime
+                .block_on(f.batching.encrypt("k", &data, None))
+                .expect("encrypt")
+        })
+    });
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    for (label, client) in [
+        ("daemon_pipelined", &f.pipelining),
+        ("daemon_autobatched", &f.batching),
+    ] {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let calls = (0..IN_FLIGHT).map(|_| client.encrypt("k", &data, None));
+                f.runtime
+                    .block_on(futures::future::try_join_all(calls))
+                    .expect("encrypt")
+            })
+        });
+    }
+    g.bench_function(BenchmarkId::new("daemon_batch", IN_FLIGHT), |b| {
+        b.iter(|| {
+            let batch = (0..IN_FLIGHT).fold(f.batching.batch(), |b, _| b.encrypt("k", &data, None));
+            f.runtime.block_on(batch.send()).expect("batch")
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let mut f = fixture();
+    ping(c, &mut f);
+    encrypt(c, &mut f, 64);
+    encrypt(c, &mut f, 4096);
+    let Fixture {
+        daemon,
+        runtime,
+        batching,
+        pipelining,
+        ..
+    } = f;
+    drop((batching, pipelining));
+    drop(runtime);
+    daemon.stop();
+}
+
+criterion_group! {
+    name = daemon;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(daemon);

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
 use harpocrates_protocol::{
-    FrameError, MAX_BATCH_LEN, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame, Response,
-    ResponseFrame, WireResult,
+    ErrorCode, FrameError, MAX_BATCH_LEN, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame,
+    Response, ResponseFrame, WireResult,
 };
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -59,6 +59,8 @@ pub struct ServerInfo {
     pub daemon_version: String,
     /// Backend name.
     pub backend: String,
+    /// The largest frame the daemon accepts.
+    pub max_frame: u32,
 }
 
 struct Call {
@@ -97,38 +99,56 @@ impl Connection {
             version: PROTOCOL_VERSION,
             client_name: options.client_name.clone(),
         };
-        writer
+        // Even if the write fails, read: a daemon that turns us away says why first.
+        let sent = writer
             .send(RequestFrame {
                 id: 1,
                 request: hello,
             })
-            .await
-            .map_err(lost)?;
+            .await;
         let info = match reader.next().await {
             Some(Ok(Ok(ResponseFrame {
+                id: 1,
                 result:
                     Ok(Response::Hello {
                         version,
                         daemon_version,
                         backend,
+                        max_frame,
                     }),
-                ..
-            }))) => ServerInfo {
-                protocol_version: version,
-                daemon_version,
-                backend,
-            },
+            }))) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(Error::UnsupportedVersion(format!(
+                        "the daemon answered with protocol version {version}; this client speaks {PROTOCOL_VERSION}"
+                    )));
+                }
+                ServerInfo {
+                    protocol_version: version,
+                    daemon_version,
+                    backend,
+                    max_frame,
+                }
+            }
             Some(Ok(Ok(ResponseFrame { result: Err(e), .. }))) => return Err(e.into()),
-            Some(Ok(Ok(other))) => {
+            Some(Ok(Ok(ResponseFrame {
+                id,
+                result: Ok(other),
+            }))) => {
                 return Err(Error::Protocol(format!(
-                    "unexpected handshake answer {other:?}"
+                    "the handshake (id 1) was answered with {} for id {id}",
+                    crate::client::describe(&other)
                 )));
             }
             Some(Ok(Err(body))) => return Err(Error::Protocol(body.to_string())),
             Some(Err(e)) => return Err(lost(e)),
-            None => return Err(Error::ConnectionLost("closed during the handshake".into())),
+            None => {
+                sent.map_err(lost)?;
+                return Err(Error::ConnectionLost("closed during the handshake".into()));
+            }
         };
-
+        // Never send a frame the daemon would refuse: that would cost the connection.
+        let limit = options.max_frame.min(info.max_frame);
+        *writer.encoder_mut() = Codec::new(limit);
         let pending: PendingMap = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (calls, rx) = mpsc::channel(options.queue_depth.max(1));
@@ -216,19 +236,24 @@ async fn write_calls(
     // Calls still queued are answered by dropping their reply senders.
 }
 
-/// An upper bound of a request's encoded size (bincode adds at most 9 bytes per field).
+/// An upper bound of the encoded size of a request or of its answer, whichever is larger
+/// (bincode adds at most 9 bytes per field), so a coalesced batch and its answer both fit.
 fn size_hint(request: &Request) -> usize {
     const FIXED: usize = 64;
     FIXED
         + match request {
-            Request::Hello { client_name, .. } => client_name.len(),
-            Request::GenerateKey { label, .. }
-            | Request::GenerateKeyWithAttributes { label, .. } => label.len(),
+            Request::GenerateRandom { len } => *len as usize,
             Request::Encrypt {
                 key,
                 plaintext,
                 aad,
-            } => key.as_str().len() + plaintext.len() + aad.as_ref().map_or(0, Vec::len),
+            } => {
+                // The answer is the plaintext plus 30 bytes of header, IV and tag.
+                key.as_str().len() + plaintext.len() + aad.as_ref().map_or(0, Vec::len) + 30
+            }
+            Request::Hello { client_name, .. } => client_name.len(),
+            Request::GenerateKey { label, .. }
+            | Request::GenerateKeyWithAttributes { label, .. } => label.len(),
             Request::Decrypt {
                 key,
                 ciphertext,
@@ -324,9 +349,16 @@ async fn read_answers(
             None => break "the daemon closed the connection".to_owned(),
         };
         if frame.id == 0 {
-            // A connection-level error: the daemon closes the connection after it.
+            // A connection-level error. Fatal ones (frame too large) are followed by the
+            // daemon closing the connection, which ends this loop; others are informational.
             match frame.result {
-                Err(e) => break format!("{}: {}", e.code, e.message),
+                Err(e) if matches!(e.code, ErrorCode::FrameTooLarge | ErrorCode::Busy) => {
+                    break format!("{}: {}", e.code, e.message);
+                }
+                Err(e) => {
+                    tracing::warn!(code = %e.code, message = %e.message, "daemon reported a connection error");
+                    continue;
+                }
                 Ok(_) => continue,
             }
         }
@@ -357,7 +389,8 @@ fn split_batch_answer(result: WireResult, replies: Vec<Reply>) {
                 let _ = reply.send(Err(Error::Protocol(msg.clone())));
             }
         }
-        // The whole batch was refused (busy, too large, ...): each call gets that answer.
+        // The batch as a whole was refused (too large, malformed): each call gets that
+        // answer. (Busy is answered per element inside an Ok batch.)
         Err(e) => {
             for reply in replies {
                 let _ = reply.send(Ok(Err(e.clone())));

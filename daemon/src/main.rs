@@ -13,7 +13,6 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start");
             eprintln!("harpocratesd: {e}");
             ExitCode::from(e.exit_code())
         }

@@ -289,11 +289,12 @@ mod tests {
     #[test]
     fn forged_inner_length_does_not_allocate_it() {
         // Encrypt { key: "", plaintext: <claims 2^40 bytes> }: must fail fast, not OOM.
-        let mut body = Vec::new();
-        body.push(1); // id
-        body.push(7); // Request::Encrypt
-        body.push(0); // key ""
-        body.push(0xfd); // varint u64 follows
+        let mut body = vec![
+            1,    // id
+            6,    // Request::Encrypt
+            0,    // key ""
+            0xfd, // plaintext length: a varint u64 follows
+        ];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let err = decode_body::<RequestFrame>(&body).expect_err("forged length");
         assert_eq!(err.id, Some(1));

@@ -244,6 +244,8 @@ pub enum Response {
         daemon_version: String,
         /// The backend in use (`soft`, `pkcs11`, ...).
         backend: String,
+        /// The largest frame body the daemon accepts; clients keep their frames below it.
+        max_frame: u32,
     },
     /// Answers [`Request::Ping`].
     Pong,

@@ -125,13 +125,14 @@ fn leaf_response() -> impl Strategy<Value = Response> {
         })
     });
     prop_oneof![
-        (any::<u32>(), ".{0,10}", ".{0,10}").prop_map(|(version, daemon_version, backend)| {
-            Response::Hello {
+        (any::<u32>(), ".{0,10}", ".{0,10}", any::<u32>()).prop_map(
+            |(version, daemon_version, backend, max_frame)| Response::Hello {
                 version,
                 daemon_version,
                 backend,
+                max_frame,
             }
-        }),
+        ),
         Just(Response::Pong),
         bytes(64).prop_map(|b| Response::Random(b.into())),
         key_info().prop_map(Response::KeyGenerated),

@@ -189,15 +189,8 @@ impl Settings {
                     iterations: soft.kdf_iterations.unwrap_or(defaults.iterations),
                     parallelism: soft.kdf_parallelism.unwrap_or(defaults.parallelism),
                 };
-                if kdf.iterations == 0
-                    || kdf.parallelism == 0
-                    || kdf.memory_kib < 8 * kdf.parallelism
-                {
-                    return Err(invalid(
-                        "soft.kdf_*",
-                        "need iterations ≥ 1, parallelism ≥ 1, memory_kib ≥ 8 × parallelism",
-                    ));
-                }
+                kdf.check()
+                    .map_err(|reason| invalid("soft.kdf_*", reason))?;
                 BackendSettings::Soft(SoftConfig {
                     state_dir: soft
                         .state_dir

@@ -21,8 +21,8 @@ pub fn validate_label(label: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "-_.:/@+".contains(*c)))
     {
         return Err(format!(
-            "key label contains {c:?}; use letters, digits and -_.:/@+ only",
-            c = c.escape_default().to_string()
+            "key label contains '{}'; use letters, digits and -_.:/@+ only",
+            c.escape_default()
         ));
     }
     Ok(())

@@ -59,7 +59,15 @@ pub async fn serve(
         rx,
     ));
 
-    if handshake(&mut frames, &tx, router.backend_name(), &shutdown).await {
+    if handshake(
+        &mut frames,
+        &tx,
+        router.backend_name(),
+        limits.max_frame,
+        &shutdown,
+    )
+    .await
+    {
         read_requests(&mut frames, &tx, router, limits, &shutdown).await;
     }
     drop(frames);
@@ -75,6 +83,7 @@ async fn handshake(
     frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, Codec>,
     tx: &mpsc::Sender<ResponseFrame>,
     backend: &str,
+    max_frame: u32,
     shutdown: &CancellationToken,
 ) -> bool {
     let first = tokio::select! {
@@ -103,6 +112,7 @@ async fn handshake(
                 version: PROTOCOL_VERSION,
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
                 backend: backend.into(),
+                max_frame,
             })
         }
         Request::Hello { version, .. } => Err(WireError::new(

@@ -59,7 +59,7 @@ impl From<StoreError> for BackendError {
             StoreError::WrongPin(_) | StoreError::Locked(_) | StoreError::Corrupt { .. } => {
                 BackendError::NotInitialized(e.to_string())
             }
-            StoreError::Io { .. } => BackendError::Storage(e.to_string()),
+            StoreError::Io { .. } | StoreError::Seal { .. } => BackendError::Storage(e.to_string()),
         }
     }
 }

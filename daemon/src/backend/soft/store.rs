@@ -15,7 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::consts::U12;
@@ -45,6 +45,37 @@ pub struct KdfParams {
     pub iterations: u32,
     /// Lanes.
     pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// Largest memory cost accepted (4 GiB), from configuration or from a store file.
+    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    /// Largest pass count accepted.
+    pub const MAX_ITERATIONS: u32 = 64;
+    /// Largest lane count accepted.
+    pub const MAX_PARALLELISM: u32 = 64;
+
+    /// Checks the costs are within Argon2's rules and our ceilings. The ceilings matter
+    /// because the costs are read from the store file before it can be authenticated.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = (1..=Self::MAX_ITERATIONS).contains(&self.iterations)
+            && (1..=Self::MAX_PARALLELISM).contains(&self.parallelism)
+            && u64::from(self.memory_kib) >= 8 * u64::from(self.parallelism)
+            && self.memory_kib <= Self::MAX_MEMORY_KIB;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "Argon2id costs m={} KiB, t={}, p={} are outside t 1..={}, p 1..={}, 8p ≤ m ≤ {} KiB",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                Self::MAX_ITERATIONS,
+                Self::MAX_PARALLELISM,
+                Self::MAX_MEMORY_KIB
+            ))
+        }
+    }
 }
 
 impl Default for KdfParams {
@@ -95,6 +126,14 @@ pub enum StoreError {
     /// The PIN does not open the store (or the file was altered).
     #[error("wrong PIN for the key store {0}, or the file was altered")]
     WrongPin(PathBuf),
+    /// The new contents could not be sealed; nothing was written.
+    #[error("cannot seal the key store {path}: {reason}")]
+    Seal {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The file is not a key store this build can read.
     #[error("{path} is not a readable key store: {reason}")]
     Corrupt {
@@ -128,7 +167,12 @@ impl KeyStoreFile {
         pin: &[u8],
         params: KdfParams,
     ) -> Result<(Self, Vec<StoredKey>), StoreError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Private: the directory holds the (encrypted) keys and, in dev mode, the PIN.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -221,6 +265,7 @@ impl KeyStoreFile {
             path: path.clone(),
             reason,
         };
+        params.check().map_err(&corrupt)?;
         let argon_params = argon2::Params::new(
             params.memory_kib,
             params.iterations,
@@ -267,7 +312,7 @@ impl KeyStoreFile {
         };
         let mut sealed = Zeroizing::new(
             bincode::serde::encode_to_vec(&contents, bincode::config::standard()).map_err(|e| {
-                StoreError::Corrupt {
+                StoreError::Seal {
                     path: self.path.clone(),
                     reason: e.to_string(),
                 }
@@ -289,7 +334,7 @@ impl KeyStoreFile {
                 &header,
                 sealed.as_mut_slice().into(),
             )
-            .map_err(|_| StoreError::Corrupt {
+            .map_err(|_| StoreError::Seal {
                 path: self.path.clone(),
                 reason: "encryption failed".into(),
             })?;
@@ -312,7 +357,10 @@ impl KeyStoreFile {
             return Err(io_err(&tmp)(e));
         }
         drop(file);
-        fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        if let Err(e) = fs::rename(&tmp, &self.path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&self.path)(e));
+        }
         if let Some(dir) = self.path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -413,6 +461,20 @@ mod tests {
             .err()
             .expect("short");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn absurd_costs_in_a_forged_header_are_refused_before_any_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).expect("create"));
+        let path = dir.path().join(STORE_FILE);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[9..13].copy_from_slice(&u32::MAX.to_le_bytes()); // m = 4 TiB
+        fs::write(&path, &bytes).expect("write");
+        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("Argon2id costs"), "{err}");
     }
 
     #[test]

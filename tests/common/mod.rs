@@ -1,0 +1,221 @@
+//! Test fixture: the real `harpocratesd` binary on a private soft token and socket in a
+//! temporary directory. Readiness comes from the daemon's own sd_notify `READY=1`, so
+//! tests never guess with sleeps.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The PIN every fixture token uses; tests check that it never shows up in output.
+pub const PIN: &str = "fixture-pin-7f3a9c";
+
+/// Path of a binary built by this workspace (`cargo test --workspace` builds them).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace tests (`cargo test --workspace`), which build it",
+        path.display()
+    );
+    path
+}
+
+/// A daemon process and the directory it lives in.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    extra_config: String,
+    /// Everything every run of the daemon printed, drained continuously so a chatty
+    /// daemon never blocks on a full pipe.
+    output: Arc<Mutex<Vec<u8>>>,
+    drains: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts a daemon with the default fixture configuration.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a daemon; `extra_config` is appended to the top level of its TOML config.
+    pub fn start_with(extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("d.sock");
+        std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).expect("pin file");
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+            extra_config: extra_config.to_owned(),
+            output: Arc::default(),
+            drains: Vec::new(),
+        };
+        d.write_config();
+        d.spawn();
+        d
+    }
+
+    /// The daemon's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("harpocrates.toml")
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "{extra}\nsocket_path = {socket:?}\npin_file = {pin:?}\nlog_level = \"debug\"\n\
+             retry_delay = \"10ms\"\n[soft]\nstate_dir = {state:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
+            extra = self.extra_config,
+            socket = self.socket,
+            pin = self.dir.path().join("pin"),
+            state = self.dir.path().join("state"),
+        );
+        std::fs::write(self.config_path(), text).expect("config");
+    }
+
+    fn spawn(&mut self) {
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let child = Command::new(bin("harpocratesd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn harpocratesd");
+        let mut child = child;
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = self.output.clone();
+            self.drains
+                .push(std::thread::spawn(move || drain(pipe, &sink)));
+        }
+        self.child = Some(child);
+        let mut buf = [0u8; 512];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "daemon never said READY=1 ({e}); output:\n{}",
+                    self.output()
+                )
+            });
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready in time");
+        }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_timeout(&mut child, Duration::from_secs(20))
+    }
+
+    /// Graceful stop (SIGTERM) and restart on the same state and socket.
+    pub fn restart(&mut self) {
+        let status = self.signal_and_wait(libc::SIGTERM);
+        assert!(status.success(), "graceful stop failed: {status:?}");
+        self.spawn();
+    }
+
+    /// Crash (SIGKILL) and restart on the same state and socket.
+    pub fn crash_and_restart(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+        self.spawn();
+    }
+
+    /// Stops the daemon gracefully and returns everything it printed, over all runs.
+    pub fn stop_and_collect_output(mut self) -> String {
+        let status = self.signal_and_wait(libc::SIGTERM);
+        assert!(status.success(), "graceful stop failed: {status:?}");
+        // The pipes close with the process, which ends the drain threads.
+        for t in self.drains.drain(..) {
+            let _ = t.join();
+        }
+        self.output()
+    }
+
+    /// What the daemon printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
+    }
+}
+
+fn drain(mut pipe: Box<dyn Read + Send>, sink: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        sink.lock()
+            .expect("output lock")
+            .extend_from_slice(&buf[..n]);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for a child with a deadline; kills it if the deadline passes.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

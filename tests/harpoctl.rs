@@ -1,0 +1,188 @@
+//! harpoctl against the real daemon: the README example, JSON output, exit codes, and the
+//! `--dev` flow where neither side is told the socket path.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Daemon, bin};
+
+fn harpoctl(socket: &Path, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(bin("harpoctl"))
+        .args(args)
+        .env("HARPOCRATES_SOCKET", socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn harpoctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("harpoctl output");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_readme_example_round_trips_through_a_shell_pipe() {
+    let d = Daemon::start();
+    let dir = bin("harpoctl").parent().expect("bin dir").to_owned();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("harpoctl keys generate demo && echo hi | harpoctl encrypt demo | harpoctl decrypt demo")
+        .env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("HARPOCRATES_SOCKET", &d.socket)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("created demo"), "{stdout}");
+    assert!(stdout.ends_with("\nhi\n"), "{stdout}");
+}
+
+#[test]
+fn json_output_and_exit_codes_follow_the_error_kind() {
+    let d = Daemon::start();
+    let s = &d.socket;
+    let (code, out, err) = harpoctl(
+        s,
+        &[
+            "--json",
+            "keys",
+            "generate",
+            "k1",
+            "--size",
+            "128",
+            "--extractable",
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["label"], "k1");
+    assert_eq!(v["size_bits"], 128);
+    assert_eq!(v["extractable"], true);
+
+    let (code, out, _) = harpoctl(s, &["--json", "keys", "list"], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+
+    let (code, _, err) = harpoctl(s, &["keys", "generate", "k1"], b"");
+    assert_eq!(code, 73, "key exists: {err}");
+    let (code, _, err) = harpoctl(s, &["--json", "encrypt", "ghost"], b"x");
+    assert_eq!(code, 66, "key not found: {err}");
+    let e: serde_json::Value = serde_json::from_str(err.trim()).expect("json error");
+    assert_eq!(e["error"]["code"], "key_not_found");
+
+    let (code, ct, _) = harpoctl(
+        s,
+        &["encrypt", "k1", "--base64", "--aad", "ctx"],
+        b"payload",
+    );
+    assert_eq!(code, 0);
+    let (code, pt, _) = harpoctl(s, &["decrypt", "k1", "--base64", "--aad", "ctx"], &ct);
+    assert_eq!((code, pt.as_slice()), (0, &b"payload"[..]));
+    let (code, _, _) = harpoctl(s, &["decrypt", "k1", "--base64", "--aad", "other"], &ct);
+    assert_eq!(code, 65, "integrity failure");
+    let (code, _, _) = harpoctl(s, &["decrypt", "k1", "--base64"], b"!!!not base64");
+    assert_eq!(code, 2);
+
+    let (code, out, _) = harpoctl(s, &["random", "16"], b"");
+    assert_eq!(code, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim().len(),
+        32,
+        "16 bytes as hex"
+    );
+    let (code, _, _) = harpoctl(s, &["random", "99999999"], b"");
+    assert_eq!(code, 64, "invalid request");
+
+    let (code, _, err) = harpoctl(s, &["keys", "destroy", "k1"], b"");
+    assert_eq!(code, 2, "destroy needs --yes: {err}");
+    let (code, _, _) = harpoctl(s, &["keys", "destroy", "k1", "--yes"], b"");
+    assert_eq!(code, 0);
+
+    let (code, out, _) = harpoctl(s, &["--json", "health"], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["state"], "healthy");
+    let (code, out, _) = harpoctl(s, &["--json", "metrics"], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert!(v["ops_total"].as_u64().is_some_and(|n| n > 5), "{v}");
+    let (code, out, _) = harpoctl(s, &["ping"], b"");
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).starts_with("pong"));
+
+    let (code, _, err) = harpoctl(&d.dir.path().join("nothing.sock"), &["ping"], b"");
+    assert_eq!(code, 69, "daemon unavailable: {err}");
+    assert!(err.contains("is harpocratesd running?"), "{err}");
+}
+
+#[test]
+fn dev_mode_and_harpoctl_meet_on_the_default_socket() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let runtime = home.path().join("run");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    let mut daemon = Command::new(bin("harpocratesd"))
+        .arg("--dev")
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("XDG_STATE_HOME")
+        .env("NOTIFY_SOCKET", home.path().join("notify"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn --dev");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.as_mut().expect("stdout")),
+        &mut first_line,
+    )
+    .expect("ready line");
+    let socket = runtime.join("harpocrates/harpocrates.sock");
+    assert!(
+        first_line.contains(socket.to_str().expect("utf-8")),
+        "{first_line}"
+    );
+
+    let out = Command::new(bin("harpoctl"))
+        .args(["keys", "generate", "demo"])
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("HARPOCRATES_SOCKET")
+        .output()
+        .expect("harpoctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pin = home.path().join(".local/state/harpocrates/dev/dev.pin");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&pin).expect("pin").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "generated PIN is private");
+    let sock_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket).expect("sock").permissions(),
+    );
+    assert_eq!(sock_mode & 0o777, 0o600, "dev socket is private");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(common::wait_timeout(&mut daemon, std::time::Duration::from_secs(20)).success());
+    assert!(!socket.exists());
+}
