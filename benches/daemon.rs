@@ -52,46 +52,25 @@ fn fixture() -> Fixture {
     let direct_token = SoftToken::open(
         &SoftConfig {
             state_dir: dir.path().join("direct-state"),
-            kdf: KdfParams {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
+            kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
         },
         &Zeroizing::new("bench-pin".into()),
     )
     .expect("direct token");
     let mut direct = direct_token.open_session().expect("session");
-    direct
-        .generate_key("k", &harpocrates::protocol::KeyAttributes::aes(256))
-        .expect("key");
+    direct.generate_key("k", &harpocrates::protocol::KeyAttributes::aes(256)).expect("key");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (batching, pipelining) = runtime.block_on(async {
-        let batching = Client::connect(daemon.socket_path())
-            .await
-            .expect("connect");
+        let batching = Client::connect(daemon.socket_path()).await.expect("connect");
         batching.generate_key("k", 256).await.expect("key");
-        let options = ClientOptions {
-            max_auto_batch: 1,
-            ..ClientOptions::default()
-        };
-        let pipelining = Client::connect_with(daemon.socket_path(), options)
-            .await
-            .expect("connect");
+        let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
+        let pipelining =
+            Client::connect_with(daemon.socket_path(), options).await.expect("connect");
         (batching, pipelining)
     });
-    Fixture {
-        _dir: dir,
-        daemon,
-        direct,
-        runtime,
-        batching,
-        pipelining,
-    }
+    Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining }
 }
 
 fn ping(c: &mut Criterion, f: &mut Fixture) {
@@ -124,23 +103,16 @@ fn encrypt(c: &mut Criterion, f: &mut Fixture, size: usize) {
         b.iter(|| black_box(f.direct.encrypt("k", &data, &[]).expect("encrypt")))
     });
     g.bench_function("daemon_sequential", |b| {
-        b.iter(|| {
-            f.runtime
-                .block_on(f.batching.encrypt("k", &data, None))
-                .expect("encrypt")
-        })
+        b.iter(|| f.runtime.block_on(f.batching.encrypt("k", &data, None)).expect("encrypt"))
     });
     g.throughput(Throughput::Elements(IN_FLIGHT as u64));
-    for (label, client) in [
-        ("daemon_pipelined", &f.pipelining),
-        ("daemon_autobatched", &f.batching),
-    ] {
+    for (label, client) in
+        [("daemon_pipelined", &f.pipelining), ("daemon_autobatched", &f.batching)]
+    {
         g.bench_function(label, |b| {
             b.iter(|| {
                 let calls = (0..IN_FLIGHT).map(|_| client.encrypt("k", &data, None));
-                f.runtime
-                    .block_on(futures::future::try_join_all(calls))
-                    .expect("encrypt")
+                f.runtime.block_on(futures::future::try_join_all(calls)).expect("encrypt")
             })
         });
     }
@@ -158,13 +130,7 @@ fn benches(c: &mut Criterion) {
     ping(c, &mut f);
     encrypt(c, &mut f, 64);
     encrypt(c, &mut f, 4096);
-    let Fixture {
-        daemon,
-        runtime,
-        batching,
-        pipelining,
-        ..
-    } = f;
+    let Fixture { daemon, runtime, batching, pipelining, .. } = f;
     drop((batching, pipelining));
     drop(runtime);
     daemon.stop();

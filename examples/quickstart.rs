@@ -15,7 +15,8 @@ async fn main() -> Result<(), Error> {
     assert_eq!(pt.expose(), b"card 4242");
 
     // Many operations in one frame, each answered on its own:
-    let answers = client.batch().encrypt("orders", b"a", None).encrypt("nope", b"b", None).send().await?;
+    let answers =
+        client.batch().encrypt("orders", b"a", None).encrypt("nope", b"b", None).send().await?;
     assert!(answers[0].is_ok() && matches!(answers[1], Err(Error::KeyNotFound(_))));
     println!("ok: {} bytes of ciphertext, batch of {}", ct.len(), answers.len());
     Ok(())

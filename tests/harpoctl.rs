@@ -18,18 +18,9 @@ fn harpoctl(socket: &Path, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn harpoctl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
     let out = child.wait_with_output().expect("harpoctl output");
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -43,11 +34,7 @@ fn the_readme_example_round_trips_through_a_shell_pipe() {
         .env("HARPOCRATES_SOCKET", &d.socket)
         .output()
         .expect("sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("created demo"), "{stdout}");
     assert!(stdout.ends_with("\nhi\n"), "{stdout}");
@@ -57,19 +44,8 @@ fn the_readme_example_round_trips_through_a_shell_pipe() {
 fn json_output_and_exit_codes_follow_the_error_kind() {
     let d = Daemon::start();
     let s = &d.socket;
-    let (code, out, err) = harpoctl(
-        s,
-        &[
-            "--json",
-            "keys",
-            "generate",
-            "k1",
-            "--size",
-            "128",
-            "--extractable",
-        ],
-        b"",
-    );
+    let (code, out, err) =
+        harpoctl(s, &["--json", "keys", "generate", "k1", "--size", "128", "--extractable"], b"");
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["label"], "k1");
@@ -88,11 +64,7 @@ fn json_output_and_exit_codes_follow_the_error_kind() {
     let e: serde_json::Value = serde_json::from_str(err.trim()).expect("json error");
     assert_eq!(e["error"]["code"], "key_not_found");
 
-    let (code, ct, _) = harpoctl(
-        s,
-        &["encrypt", "k1", "--base64", "--aad", "ctx"],
-        b"payload",
-    );
+    let (code, ct, _) = harpoctl(s, &["encrypt", "k1", "--base64", "--aad", "ctx"], b"payload");
     assert_eq!(code, 0);
     let (code, pt, _) = harpoctl(s, &["decrypt", "k1", "--base64", "--aad", "ctx"], &ct);
     assert_eq!((code, pt.as_slice()), (0, &b"payload"[..]));
@@ -103,11 +75,7 @@ fn json_output_and_exit_codes_follow_the_error_kind() {
 
     let (code, out, _) = harpoctl(s, &["random", "16"], b"");
     assert_eq!(code, 0);
-    assert_eq!(
-        String::from_utf8_lossy(&out).trim().len(),
-        32,
-        "16 bytes as hex"
-    );
+    assert_eq!(String::from_utf8_lossy(&out).trim().len(), 32, "16 bytes as hex");
     let (code, _, _) = harpoctl(s, &["random", "99999999"], b"");
     assert_eq!(code, 64, "invalid request");
 
@@ -155,10 +123,7 @@ fn dev_mode_and_harpoctl_meet_on_the_default_socket() {
     )
     .expect("ready line");
     let socket = runtime.join("harpocrates/harpocrates.sock");
-    assert!(
-        first_line.contains(socket.to_str().expect("utf-8")),
-        "{first_line}"
-    );
+    assert!(first_line.contains(socket.to_str().expect("utf-8")), "{first_line}");
 
     let out = Command::new(bin("harpoctl"))
         .args(["keys", "generate", "demo"])
@@ -166,11 +131,7 @@ fn dev_mode_and_harpoctl_meet_on_the_default_socket() {
         .env_remove("HARPOCRATES_SOCKET")
         .output()
         .expect("harpoctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pin = home.path().join(".local/state/harpocrates/dev/dev.pin");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&pin).expect("pin").permissions(),

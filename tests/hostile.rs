@@ -16,8 +16,7 @@ use harpocrates::protocol::{
 
 fn raw(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(&d.socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     s
 }
 
@@ -30,13 +29,7 @@ fn frame(id: u64, request: Request) -> Vec<u8> {
 }
 
 fn hello() -> Vec<u8> {
-    frame(
-        1,
-        Request::Hello {
-            version: PROTOCOL_VERSION,
-            client_name: "raw".into(),
-        },
-    )
+    frame(1, Request::Hello { version: PROTOCOL_VERSION, client_name: "raw".into() })
 }
 
 /// Reads one response frame, or None when the daemon closed the connection.
@@ -61,11 +54,7 @@ fn expect_error(s: &mut UnixStream, id: u64, code: ErrorCode) -> WireError {
 
 fn expect_closed(s: &mut UnixStream) {
     let mut byte = [0u8; 1];
-    assert_eq!(
-        s.read(&mut byte).expect("clean EOF"),
-        0,
-        "connection should be closed"
-    );
+    assert_eq!(s.read(&mut byte).expect("clean EOF"), 0, "connection should be closed");
 }
 
 fn greeted(d: &Daemon) -> UnixStream {
@@ -73,25 +62,15 @@ fn greeted(d: &Daemon) -> UnixStream {
     s.write_all(&hello()).expect("hello");
     assert!(matches!(
         read_frame(&mut s),
-        Some(ResponseFrame {
-            id: 1,
-            result: Ok(Response::Hello { .. })
-        })
+        Some(ResponseFrame { id: 1, result: Ok(Response::Hello { .. }) })
     ));
     s
 }
 
 /// A well-behaved client that must keep working through every attack.
 fn bystander_works(c: &BlockingClient) {
-    let ct = c
-        .encrypt("k", b"still fine", None)
-        .expect("bystander encrypt");
-    assert_eq!(
-        c.decrypt("k", &ct, None)
-            .expect("bystander decrypt")
-            .expose(),
-        b"still fine"
-    );
+    let ct = c.encrypt("k", b"still fine", None).expect("bystander encrypt");
+    assert_eq!(c.decrypt("k", &ct, None).expect("bystander decrypt").expose(), b"still fine");
 }
 
 #[test]
@@ -102,14 +81,8 @@ fn hostile_input_never_hurts_the_daemon_or_other_clients() {
 
     // Wrong protocol version: typed refusal, then close.
     let mut s = raw(&d);
-    s.write_all(&frame(
-        9,
-        Request::Hello {
-            version: 99,
-            client_name: "future".into(),
-        },
-    ))
-    .expect("write");
+    s.write_all(&frame(9, Request::Hello { version: 99, client_name: "future".into() }))
+        .expect("write");
     let e = expect_error(&mut s, 9, ErrorCode::UnsupportedVersion);
     assert!(e.message.contains("99"), "{e:?}");
     expect_closed(&mut s);
@@ -131,16 +104,12 @@ fn hostile_input_never_hurts_the_daemon_or_other_clients() {
 
     // Garbage body with a readable id: typed error for that id; the connection lives on.
     let mut s = greeted(&d);
-    s.write_all(&[0, 0, 0, 4, 42, 0xff, 0xff, 0xff])
-        .expect("write");
+    s.write_all(&[0, 0, 0, 4, 42, 0xff, 0xff, 0xff]).expect("write");
     expect_error(&mut s, 42, ErrorCode::InvalidRequest);
     s.write_all(&frame(43, Request::Ping)).expect("write");
     assert!(matches!(
         read_frame(&mut s),
-        Some(ResponseFrame {
-            id: 43,
-            result: Ok(Response::Pong)
-        })
+        Some(ResponseFrame { id: 43, result: Ok(Response::Pong) })
     ));
     // Garbage with no readable id (varint marker with nothing after it): id 0.
     s.write_all(&[0, 0, 0, 1, 0xfd]).expect("write");
@@ -156,22 +125,15 @@ fn hostile_input_never_hurts_the_daemon_or_other_clients() {
     s.write_all(&f).expect("write");
     expect_error(&mut s, 44, ErrorCode::InvalidRequest);
     // A forged inner length (a plaintext "of 2^40 bytes").
-    s.write_all(&[0, 0, 0, 13, 45, 7, 1, b'k', 0xfd, 0, 0, 0, 0, 0, 1, 0, 0])
-        .expect("write");
+    s.write_all(&[0, 0, 0, 13, 45, 7, 1, b'k', 0xfd, 0, 0, 0, 0, 0, 1, 0, 0]).expect("write");
     expect_error(&mut s, 45, ErrorCode::InvalidRequest);
     drop(s);
     bystander_works(&bystander);
 
     // Truncated frame, then the client vanishes mid-frame.
     let mut s = greeted(&d);
-    let f = frame(
-        50,
-        Request::Encrypt {
-            key: "k".into(),
-            plaintext: vec![1; 1000].into(),
-            aad: None,
-        },
-    );
+    let f =
+        frame(50, Request::Encrypt { key: "k".into(), plaintext: vec![1; 1000].into(), aad: None });
     s.write_all(&f[..f.len() / 2]).expect("write");
     drop(s);
     // Length prefix cut in half.
@@ -180,47 +142,31 @@ fn hostile_input_never_hurts_the_daemon_or_other_clients() {
     drop(s);
     // Disconnect before the answer to a request in flight.
     let mut s = greeted(&d);
-    s.write_all(&frame(51, Request::GenerateRandom { len: 1 << 20 }))
-        .expect("write");
+    s.write_all(&frame(51, Request::GenerateRandom { len: 1 << 20 })).expect("write");
     drop(s);
     bystander_works(&bystander);
 
     // Out-of-range arguments and a key that does not exist: typed errors.
     let mut s = greeted(&d);
-    s.write_all(&frame(60, Request::GenerateRandom { len: u32::MAX }))
-        .expect("write");
+    s.write_all(&frame(60, Request::GenerateRandom { len: u32::MAX })).expect("write");
     expect_error(&mut s, 60, ErrorCode::InvalidRequest);
     s.write_all(&frame(
         61,
-        Request::Decrypt {
-            key: "ghost".into(),
-            ciphertext: vec![1; 40],
-            aad: None,
-        },
+        Request::Decrypt { key: "ghost".into(), ciphertext: vec![1; 40], aad: None },
     ))
     .expect("write");
     expect_error(&mut s, 61, ErrorCode::KeyNotFound);
-    s.write_all(&frame(
-        62,
-        Request::Hello {
-            version: 1,
-            client_name: "again".into(),
-        },
-    ))
-    .expect("write");
+    s.write_all(&frame(62, Request::Hello { version: 1, client_name: "again".into() }))
+        .expect("write");
     expect_error(&mut s, 62, ErrorCode::InvalidRequest);
 
     // An answer that would exceed the frame limit is refused with a typed error.
-    s.write_all(&frame(63, Request::GenerateRandom { len: 100_000 }))
-        .expect("write");
+    s.write_all(&frame(63, Request::GenerateRandom { len: 100_000 })).expect("write");
     expect_error(&mut s, 63, ErrorCode::FrameTooLarge);
     s.write_all(&frame(64, Request::Ping)).expect("write");
     assert!(matches!(
         read_frame(&mut s),
-        Some(ResponseFrame {
-            id: 64,
-            result: Ok(Response::Pong)
-        })
+        Some(ResponseFrame { id: 64, result: Ok(Response::Pong) })
     ));
 
     // A connection that never says anything is dropped after the handshake timeout; it
@@ -253,22 +199,12 @@ fn pipelined_answers_come_back_out_of_order() {
     let mut s = greeted(&d);
     // A key generation (fsync on the session thread) then a ping (answered at once on
     // the I/O thread), in one write: the ping's answer overtakes.
-    let mut both = frame(
-        2,
-        Request::GenerateKey {
-            label: "slow".into(),
-            size_bits: 256,
-        },
-    );
+    let mut both = frame(2, Request::GenerateKey { label: "slow".into(), size_bits: 256 });
     both.extend_from_slice(&frame(3, Request::Ping));
     s.write_all(&both).expect("write");
     let first = read_frame(&mut s).expect("first answer");
     let second = read_frame(&mut s).expect("second answer");
-    assert_eq!(
-        (first.id, second.id),
-        (3, 2),
-        "ping should overtake the key generation"
-    );
+    assert_eq!((first.id, second.id), (3, 2), "ping should overtake the key generation");
     assert!(matches!(second.result, Ok(Response::KeyGenerated(_))));
 }
 
@@ -278,10 +214,7 @@ fn over_the_connection_limit_a_client_is_told_busy() {
     let _a = BlockingClient::connect(&d.socket).expect("first");
     let _b = BlockingClient::connect(&d.socket).expect("second");
     let err = BlockingClient::connect(&d.socket).expect_err("third is refused");
-    assert!(
-        matches!(err, Error::Busy(ref m) if m.contains("too many connections")),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::Busy(ref m) if m.contains("too many connections")), "{err:?}");
 }
 
 #[test]
@@ -290,18 +223,13 @@ fn secrets_never_reach_the_logs() {
     let c = BlockingClient::connect(&d.socket).expect("connect");
     c.generate_key("k", 256).expect("keygen");
     let secret = b"PLAINTEXT-CANARY-31337";
-    let ct = c
-        .encrypt("k", secret, Some(b"AAD-CANARY"))
-        .expect("encrypt");
+    let ct = c.encrypt("k", secret, Some(b"AAD-CANARY")).expect("encrypt");
     c.decrypt("k", &ct, Some(b"AAD-CANARY")).expect("decrypt");
     let _ = c.decrypt("k", &ct, Some(b"wrong"));
     drop(c);
     let output = d.stop_and_collect_output();
     assert!(output.contains("ready"), "the log was captured: {output}");
     for canary in ["PLAINTEXT-CANARY", common::PIN] {
-        assert!(
-            !output.contains(canary),
-            "{canary} leaked into the daemon output:\n{output}"
-        );
+        assert!(!output.contains(canary), "{canary} leaked into the daemon output:\n{output}");
     }
 }

@@ -23,10 +23,7 @@ async fn every_operation_works_and_errors_are_typed() {
     c.ping().await.expect("ping");
     let r = c.generate_random(32).await.expect("random");
     assert_eq!(r.len(), 32);
-    assert_ne!(
-        r.expose(),
-        c.generate_random(32).await.expect("random").expose()
-    );
+    assert_ne!(r.expose(), c.generate_random(32).await.expect("random").expose());
 
     let k = c.generate_key("alpha", 256).await.expect("keygen");
     assert_eq!(k.handle.as_str(), "alpha");
@@ -39,66 +36,36 @@ async fn every_operation_works_and_errors_are_typed() {
         decrypt: false,
         ..KeyAttributes::aes(128)
     };
-    let k2 = c
-        .generate_key_with_attributes("beta", attrs)
-        .await
-        .expect("keygen attrs");
+    let k2 = c.generate_key_with_attributes("beta", attrs).await.expect("keygen attrs");
     assert_eq!(k2.attributes, attrs);
-    assert!(matches!(
-        c.generate_key("alpha", 256).await,
-        Err(Error::KeyExists(_))
-    ));
-    assert!(matches!(
-        c.generate_key("gamma", 100).await,
-        Err(Error::InvalidRequest(_))
-    ));
-    assert!(matches!(
-        c.generate_key("bad label", 256).await,
-        Err(Error::InvalidRequest(_))
-    ));
+    assert!(matches!(c.generate_key("alpha", 256).await, Err(Error::KeyExists(_))));
+    assert!(matches!(c.generate_key("gamma", 100).await, Err(Error::InvalidRequest(_))));
+    assert!(matches!(c.generate_key("bad label", 256).await, Err(Error::InvalidRequest(_))));
 
     let keys = c.list_keys().await.expect("list");
     let labels: Vec<_> = keys.iter().map(|k| k.handle.as_str()).collect();
     assert_eq!(labels, ["alpha", "beta"]);
 
-    let ct = c
-        .encrypt("alpha", b"secret payload", Some(b"ctx"))
-        .await
-        .expect("encrypt");
+    let ct = c.encrypt("alpha", b"secret payload", Some(b"ctx")).await.expect("encrypt");
     assert_eq!(ct.len(), b"secret payload".len() + 30);
-    let pt = c
-        .decrypt("alpha", &ct, Some(b"ctx"))
-        .await
-        .expect("decrypt");
+    let pt = c.decrypt("alpha", &ct, Some(b"ctx")).await.expect("decrypt");
     assert_eq!(pt.expose(), b"secret payload");
     assert!(matches!(
         c.decrypt("alpha", &ct, Some(b"other")).await,
         Err(Error::IntegrityCheckFailed(_))
     ));
-    assert!(matches!(
-        c.decrypt("alpha", &ct, None).await,
-        Err(Error::IntegrityCheckFailed(_))
-    ));
+    assert!(matches!(c.decrypt("alpha", &ct, None).await, Err(Error::IntegrityCheckFailed(_))));
     let mut tampered = ct.clone();
     *tampered.last_mut().expect("non-empty") ^= 0x80;
     assert!(matches!(
         c.decrypt("alpha", &tampered, Some(b"ctx")).await,
         Err(Error::IntegrityCheckFailed(_))
     ));
-    assert!(matches!(
-        c.decrypt("alpha", &ct[..10], None).await,
-        Err(Error::InvalidRequest(_))
-    ));
+    assert!(matches!(c.decrypt("alpha", &ct[..10], None).await, Err(Error::InvalidRequest(_))));
     // beta may encrypt but not decrypt.
     let ct_b = c.encrypt("beta", b"x", None).await.expect("encrypt beta");
-    assert!(matches!(
-        c.decrypt("beta", &ct_b, None).await,
-        Err(Error::PermissionDenied(_))
-    ));
-    assert!(matches!(
-        c.encrypt("nope", b"x", None).await,
-        Err(Error::KeyNotFound(_))
-    ));
+    assert!(matches!(c.decrypt("beta", &ct_b, None).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(c.encrypt("nope", b"x", None).await, Err(Error::KeyNotFound(_))));
 
     assert!(!c.supports_key_backup().await.expect("backup flag"));
     let h = c.health_check().await.expect("health");
@@ -108,14 +75,8 @@ async fn every_operation_works_and_errors_are_typed() {
     assert!(h.active_sessions >= 1 && h.active_sessions <= h.max_sessions);
 
     c.destroy_key("beta").await.expect("destroy");
-    assert!(matches!(
-        c.destroy_key("beta").await,
-        Err(Error::KeyNotFound(_))
-    ));
-    assert!(matches!(
-        c.encrypt("beta", b"x", None).await,
-        Err(Error::KeyNotFound(_))
-    ));
+    assert!(matches!(c.destroy_key("beta").await, Err(Error::KeyNotFound(_))));
+    assert!(matches!(c.encrypt("beta", b"x", None).await, Err(Error::KeyNotFound(_))));
 
     let m = c.metrics().await.expect("metrics");
     let count = |op: &str| m.per_op.iter().find(|o| o.op == op).map_or(0, |o| o.count);
@@ -137,10 +98,7 @@ async fn a_batch_answers_each_element_on_its_own() {
         .encrypt("missing", b"two", None)
         .generate_random(8)
         .push(Request::Ping)
-        .push(Request::Hello {
-            version: 1,
-            client_name: "nested".into(),
-        })
+        .push(Request::Hello { version: 1, client_name: "nested".into() })
         .push(Request::Batch(vec![Request::Ping]))
         .generate_random(u32::MAX)
         .decrypt("k", b"garbage", None)
@@ -159,16 +117,10 @@ async fn a_batch_answers_each_element_on_its_own() {
     assert!(matches!(answers[5], Err(Error::InvalidRequest(_))));
     assert!(matches!(answers[6], Err(Error::InvalidRequest(_))));
     assert!(matches!(answers[7], Err(Error::InvalidRequest(_))));
-    assert_eq!(
-        c.decrypt("k", &ct, None).await.expect("decrypt").expose(),
-        b"one"
-    );
+    assert_eq!(c.decrypt("k", &ct, None).await.expect("decrypt").expose(), b"one");
 
     let too_many = (0..5000).fold(c.batch(), |b, _| b.generate_random(1));
-    assert!(matches!(
-        too_many.send().await,
-        Err(Error::InvalidRequest(_))
-    ));
+    assert!(matches!(too_many.send().await, Err(Error::InvalidRequest(_))));
     let empty = c.batch().send().await.expect("empty batch");
     assert!(empty.is_empty());
 }
@@ -183,9 +135,7 @@ async fn concurrent_calls_are_pipelined_and_all_answered_correctly() {
             let c = c.clone();
             tokio::spawn(async move {
                 let msg = format!("message {i}");
-                let ct = c
-                    .encrypt("k", msg.as_bytes(), Some(&i.to_be_bytes()))
-                    .await?;
+                let ct = c.encrypt("k", msg.as_bytes(), Some(&i.to_be_bytes())).await?;
                 let pt = c.decrypt("k", &ct, Some(&i.to_be_bytes())).await?;
                 Ok::<_, Error>((msg, pt))
             })
@@ -196,39 +146,20 @@ async fn concurrent_calls_are_pipelined_and_all_answered_correctly() {
         assert_eq!(pt.expose(), msg.as_bytes());
     }
     let m = c.metrics().await.expect("metrics");
-    let batches = m
-        .per_op
-        .iter()
-        .find(|o| o.op == "batch")
-        .map_or(0, |o| o.count);
-    assert!(
-        batches > 0,
-        "500 concurrent calls were never coalesced: {m:?}"
-    );
+    let batches = m.per_op.iter().find(|o| o.op == "batch").map_or(0, |o| o.count);
+    assert!(batches > 0, "500 concurrent calls were never coalesced: {m:?}");
 }
 
 #[tokio::test]
 async fn pipelining_without_auto_batching_also_works() {
     let d = Daemon::start();
-    let options = ClientOptions {
-        max_auto_batch: 1,
-        ..ClientOptions::default()
-    };
-    let c = Client::connect_with(&d.socket, options)
-        .await
-        .expect("connect");
+    let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
+    let c = Client::connect_with(&d.socket, options).await.expect("connect");
     let calls = (0..200).map(|_| c.generate_random(16));
     let answers = futures::future::join_all(calls).await;
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.as_ref().is_ok_and(|r| r.len() == 16))
-    );
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.len() == 16)));
     let m = c.metrics().await.expect("metrics");
-    assert!(
-        m.per_op.iter().all(|o| o.op != "batch"),
-        "auto-batching was off"
-    );
+    assert!(m.per_op.iter().all(|o| o.op != "batch"), "auto-batching was off");
 }
 
 #[tokio::test]
@@ -281,9 +212,8 @@ fn the_blocking_client_works_from_many_threads() {
     for t in threads {
         t.join().expect("thread");
     }
-    let answers = c
-        .batch(|b| b.generate_random(4).destroy_key("k").destroy_key("k"))
-        .expect("batch");
+    let answers =
+        c.batch(|b| b.generate_random(4).destroy_key("k").destroy_key("k")).expect("batch");
     assert!(answers[0].is_ok() && answers[1].is_ok());
     assert!(matches!(answers[2], Err(Error::KeyNotFound(_))));
 }

@@ -8,11 +8,7 @@ use std::process::Command;
 use common::{Daemon, bin};
 
 fn run(args: &[&str], dir: &Path) -> (i32, String) {
-    let out = Command::new(bin("harpocratesd"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run");
+    let out = Command::new(bin("harpocratesd")).args(args).current_dir(dir).output().expect("run");
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code().unwrap_or(-1), text)
 }
@@ -41,10 +37,7 @@ fn a_wrong_pin_says_so_without_printing_it() {
     let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], &dir);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("wrong PIN"), "{out}");
-    assert!(
-        !out.contains("not-the-pin-42"),
-        "the PIN itself must not be printed: {out}"
-    );
+    assert!(!out.contains("not-the-pin-42"), "the PIN itself must not be printed: {out}");
     one_line(&out);
 }
 
@@ -52,20 +45,14 @@ fn a_wrong_pin_says_so_without_printing_it() {
 fn configuration_errors_name_the_file_or_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
-    std::fs::write(
-        p.join("no-pin.toml"),
-        format!("pin_file = {:?}\n", p.join("absent")),
-    )
-    .expect("cfg");
+    std::fs::write(p.join("no-pin.toml"), format!("pin_file = {:?}\n", p.join("absent")))
+        .expect("cfg");
     std::fs::write(p.join("typo.toml"), "max_sesions = 3\n").expect("cfg");
     std::fs::write(p.join("range.toml"), "max_sessions = 0\n").expect("cfg");
 
     let (code, out) = run(&["--config", "no-pin.toml", "--check-config"], p);
     assert_eq!(code, 78, "{out}");
-    assert!(
-        out.contains("cannot read the PIN file") && out.contains("absent"),
-        "{out}"
-    );
+    assert!(out.contains("cannot read the PIN file") && out.contains("absent"), "{out}");
     one_line(&out);
 
     let (code, out) = run(&["--config", "typo.toml"], p);

@@ -27,10 +27,7 @@ pub struct BatchBuilder<'c> {
 
 impl<'c> BatchBuilder<'c> {
     pub(crate) fn new(client: &'c Client) -> Self {
-        Self {
-            client,
-            requests: Vec::new(),
-        }
+        Self { client, requests: Vec::new() }
     }
 
     /// Adds any request (not `Hello` or another `Batch`: those fail on their own).
@@ -59,10 +56,7 @@ impl<'c> BatchBuilder<'c> {
 
     /// Adds a key generation.
     pub fn generate_key(self, label: &str, attributes: KeyAttributes) -> Self {
-        self.push(Request::GenerateKeyWithAttributes {
-            label: label.into(),
-            attributes,
-        })
+        self.push(Request::GenerateKeyWithAttributes { label: label.into(), attributes })
     }
 
     /// Adds a key destruction.
@@ -89,10 +83,9 @@ impl<'c> BatchBuilder<'c> {
     /// be carried (connection, size, busy); each element then succeeds or fails alone.
     pub async fn send(self) -> Result<Vec<Result<Response>>> {
         match self.client.call(Request::Batch(self.requests)).await? {
-            Response::Batch(answers) => Ok(answers
-                .into_iter()
-                .map(|a| a.map_err(Error::from))
-                .collect()),
+            Response::Batch(answers) => {
+                Ok(answers.into_iter().map(|a| a.map_err(Error::from)).collect())
+            }
             other => Err(Error::Protocol(format!(
                 "a batch was answered with {}",
                 crate::client::describe(&other)

@@ -22,9 +22,7 @@ pub struct BlockingClient {
 
 impl std::fmt::Debug for BlockingClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockingClient")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
+        f.debug_struct("BlockingClient").field("client", &self.client).finish_non_exhaustive()
     }
 }
 
@@ -84,8 +82,7 @@ impl BlockingClient {
 
     /// See [`Client::generate_key`].
     pub fn generate_key(&self, label: &str, size_bits: u32) -> Result<KeyInfo> {
-        self.runtime
-            .block_on(self.client.generate_key(label, size_bits))
+        self.runtime.block_on(self.client.generate_key(label, size_bits))
     }
 
     /// See [`Client::generate_key_with_attributes`].
@@ -94,8 +91,7 @@ impl BlockingClient {
         label: &str,
         attributes: KeyAttributes,
     ) -> Result<KeyInfo> {
-        self.runtime
-            .block_on(self.client.generate_key_with_attributes(label, attributes))
+        self.runtime.block_on(self.client.generate_key_with_attributes(label, attributes))
     }
 
     /// See [`Client::list_keys`].
@@ -105,14 +101,12 @@ impl BlockingClient {
 
     /// See [`Client::encrypt`].
     pub fn encrypt(&self, key: &str, plaintext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>> {
-        self.runtime
-            .block_on(self.client.encrypt(key, plaintext, aad))
+        self.runtime.block_on(self.client.encrypt(key, plaintext, aad))
     }
 
     /// See [`Client::decrypt`].
     pub fn decrypt(&self, key: &str, ciphertext: &[u8], aad: Option<&[u8]>) -> Result<SecretBytes> {
-        self.runtime
-            .block_on(self.client.decrypt(key, ciphertext, aad))
+        self.runtime.block_on(self.client.decrypt(key, ciphertext, aad))
     }
 
     /// See [`Client::destroy_key`].

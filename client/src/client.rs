@@ -44,9 +44,7 @@ struct Inner {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("socket", &self.inner.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("socket", &self.inner.path).finish_non_exhaustive()
     }
 }
 
@@ -100,11 +98,7 @@ impl Client {
     }
 
     fn current(&self) -> Option<Arc<Connection>> {
-        self.inner
-            .conn
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Sends any request and returns the daemon's answer. The typed methods below are
@@ -131,10 +125,7 @@ impl Client {
     /// A new AES key (`size_bits` 128, 192 or 256) with safe default attributes:
     /// sensitive, non-extractable, encrypt and decrypt only.
     pub async fn generate_key(&self, label: &str, size_bits: u32) -> Result<KeyInfo> {
-        let request = Request::GenerateKey {
-            label: label.into(),
-            size_bits,
-        };
+        let request = Request::GenerateKey { label: label.into(), size_bits };
         expect_response!(self.call(request).await?, Response::KeyGenerated(k) => k)
     }
 
@@ -144,10 +135,7 @@ impl Client {
         label: &str,
         attributes: KeyAttributes,
     ) -> Result<KeyInfo> {
-        let request = Request::GenerateKeyWithAttributes {
-            label: label.into(),
-            attributes,
-        };
+        let request = Request::GenerateKeyWithAttributes { label: label.into(), attributes };
         expect_response!(self.call(request).await?, Response::KeyGenerated(k) => k)
     }
 

@@ -87,53 +87,29 @@ impl Connection {
     pub async fn open(path: &Path, options: &ClientOptions) -> Result<Self> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| Error::Connect {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connect { path: path.to_owned(), reason: e.to_string() })?;
         let (read, write) = stream.into_split();
         let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
         let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
 
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client_name: options.client_name.clone(),
-        };
+        let hello =
+            Request::Hello { version: PROTOCOL_VERSION, client_name: options.client_name.clone() };
         // Even if the write fails, read: a daemon that turns us away says why first.
-        let sent = writer
-            .send(RequestFrame {
-                id: 1,
-                request: hello,
-            })
-            .await;
+        let sent = writer.send(RequestFrame { id: 1, request: hello }).await;
         let info = match reader.next().await {
             Some(Ok(Ok(ResponseFrame {
                 id: 1,
-                result:
-                    Ok(Response::Hello {
-                        version,
-                        daemon_version,
-                        backend,
-                        max_frame,
-                    }),
+                result: Ok(Response::Hello { version, daemon_version, backend, max_frame }),
             }))) => {
                 if version != PROTOCOL_VERSION {
                     return Err(Error::UnsupportedVersion(format!(
                         "the daemon answered with protocol version {version}; this client speaks {PROTOCOL_VERSION}"
                     )));
                 }
-                ServerInfo {
-                    protocol_version: version,
-                    daemon_version,
-                    backend,
-                    max_frame,
-                }
+                ServerInfo { protocol_version: version, daemon_version, backend, max_frame }
             }
             Some(Ok(Ok(ResponseFrame { result: Err(e), .. }))) => return Err(e.into()),
-            Some(Ok(Ok(ResponseFrame {
-                id,
-                result: Ok(other),
-            }))) => {
+            Some(Ok(Ok(ResponseFrame { id, result: Ok(other) }))) => {
                 return Err(Error::Protocol(format!(
                     "the handshake (id 1) was answered with {} for id {id}",
                     crate::client::describe(&other)
@@ -214,13 +190,8 @@ async fn write_calls(
             }
             let size = size_hint(&call.request);
             if !chunk.is_empty() && chunk_size + size > budget {
-                ok &= send_chunk(
-                    &mut sink,
-                    &pending,
-                    &mut next_id,
-                    std::mem::take(&mut chunk),
-                )
-                .await;
+                ok &=
+                    send_chunk(&mut sink, &pending, &mut next_id, std::mem::take(&mut chunk)).await;
                 chunk_size = 0;
             }
             chunk_size += size;
@@ -243,22 +214,16 @@ fn size_hint(request: &Request) -> usize {
     FIXED
         + match request {
             Request::GenerateRandom { len } => *len as usize,
-            Request::Encrypt {
-                key,
-                plaintext,
-                aad,
-            } => {
+            Request::Encrypt { key, plaintext, aad } => {
                 // The answer is the plaintext plus 30 bytes of header, IV and tag.
                 key.as_str().len() + plaintext.len() + aad.as_ref().map_or(0, Vec::len) + 30
             }
             Request::Hello { client_name, .. } => client_name.len(),
             Request::GenerateKey { label, .. }
             | Request::GenerateKeyWithAttributes { label, .. } => label.len(),
-            Request::Decrypt {
-                key,
-                ciphertext,
-                aad,
-            } => key.as_str().len() + ciphertext.len() + aad.as_ref().map_or(0, Vec::len),
+            Request::Decrypt { key, ciphertext, aad } => {
+                key.as_str().len() + ciphertext.len() + aad.as_ref().map_or(0, Vec::len)
+            }
             Request::DestroyKey { key } => key.as_str().len(),
             Request::Batch(items) => items.iter().map(size_hint).sum(),
             _ => 0,
@@ -280,12 +245,7 @@ async fn send_single(
 ) -> bool {
     let id = take_id(next_id);
     lock(pending).insert(id, Pending::Single(call.reply));
-    let sent = sink
-        .feed(RequestFrame {
-            id,
-            request: call.request,
-        })
-        .await;
+    let sent = sink.feed(RequestFrame { id, request: call.request }).await;
     settle_send(pending, id, sent)
 }
 
@@ -306,12 +266,7 @@ async fn send_chunk(
     let (requests, replies): (Vec<Request>, Vec<Reply>) =
         calls.into_iter().map(|c| (c.request, c.reply)).unzip();
     lock(pending).insert(id, Pending::Coalesced(replies));
-    let sent = sink
-        .feed(RequestFrame {
-            id,
-            request: Request::Batch(requests),
-        })
-        .await;
+    let sent = sink.feed(RequestFrame { id, request: Request::Batch(requests) }).await;
     settle_send(pending, id, sent)
 }
 

@@ -127,10 +127,7 @@ impl From<WireError> for Error {
             ErrorCode::Unsupported => Error::Unsupported(m),
             ErrorCode::KeyExists => Error::KeyExists(m),
             ErrorCode::Unavailable => Error::Unavailable(m),
-            other => Error::Unknown {
-                code: other.as_u16(),
-                message: m,
-            },
+            other => Error::Unknown { code: other.as_u16(), message: m },
         }
     }
 }
@@ -145,10 +142,7 @@ mod tests {
             let code = ErrorCode::from_u16(n);
             let e = Error::from(WireError::new(code, "m"));
             assert_eq!(e.code(), Some(code), "{e:?}");
-            assert!(
-                !matches!(e, Error::Unknown { .. }),
-                "{code:?} has a variant of its own"
-            );
+            assert!(!matches!(e, Error::Unknown { .. }), "{code:?} has a variant of its own");
         }
         let e = Error::from(WireError::new(ErrorCode::from_u16(999), "new"));
         assert!(matches!(e, Error::Unknown { code: 999, .. }));

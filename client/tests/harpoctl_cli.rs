@@ -5,10 +5,7 @@ use std::process::Command;
 
 #[test]
 fn help_documents_commands_and_exit_codes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_harpoctl"))
-        .arg("--help")
-        .output()
-        .expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_harpoctl")).arg("--help").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for word in [
@@ -30,11 +27,7 @@ fn help_documents_commands_and_exit_codes() {
 fn an_absent_daemon_is_reported_with_the_unavailable_exit_code() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_harpoctl"))
-        .args([
-            "--socket",
-            dir.path().join("none.sock").to_str().expect("utf-8"),
-            "ping",
-        ])
+        .args(["--socket", dir.path().join("none.sock").to_str().expect("utf-8"), "ping"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(69));

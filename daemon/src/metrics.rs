@@ -69,9 +69,7 @@ impl Metrics {
     }
 
     fn counter(&self, op: &str) -> &Counter {
-        OPS.iter()
-            .position(|o| *o == op)
-            .map_or(&self.other, |i| &self.ops[i])
+        OPS.iter().position(|o| *o == op).map_or(&self.other, |i| &self.ops[i])
     }
 
     /// Counts one finished operation.
@@ -81,10 +79,7 @@ impl Metrics {
         if !ok {
             c.errors.fetch_add(1, Relaxed);
         }
-        c.latency_ns.fetch_add(
-            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        c.latency_ns.fetch_add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// A client connected.
@@ -98,16 +93,9 @@ impl Metrics {
     }
 
     fn totals(&self) -> (u64, u64, u64) {
-        self.ops
-            .iter()
-            .chain(std::iter::once(&self.other))
-            .fold((0, 0, 0), |(n, e, l), c| {
-                (
-                    n + c.count.load(Relaxed),
-                    e + c.errors.load(Relaxed),
-                    l + c.latency_ns.load(Relaxed),
-                )
-            })
+        self.ops.iter().chain(std::iter::once(&self.other)).fold((0, 0, 0), |(n, e, l), c| {
+            (n + c.count.load(Relaxed), e + c.errors.load(Relaxed), l + c.latency_ns.load(Relaxed))
+        })
     }
 
     /// Records a rate sample; called about once a second by a timer.
@@ -116,10 +104,7 @@ impl Metrics {
         let (total, _, _) = self.totals();
         let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         s.push_back((now, total));
-        while s.len() > 2
-            && s.front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
+        while s.len() > 2 && s.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
             s.pop_front();
         }
     }
@@ -134,11 +119,7 @@ impl Metrics {
         };
         let secs = now.duration_since(since).as_secs_f64();
         let avg_us = |ns: u64, n: u64| {
-            if n == 0 {
-                0.0
-            } else {
-                ns as f64 / n as f64 / 1000.0
-            }
+            if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1000.0 }
         };
         let per_op = OPS
             .iter()
@@ -164,11 +145,7 @@ impl Metrics {
                 0.0
             },
             avg_latency_us: avg_us(latency_ns, ops_total),
-            error_rate: if ops_total == 0 {
-                0.0
-            } else {
-                errors_total as f64 / ops_total as f64
-            },
+            error_rate: if ops_total == 0 { 0.0 } else { errors_total as f64 / ops_total as f64 },
             connections: self.connections.load(Relaxed),
             per_op,
         }
@@ -188,52 +165,27 @@ mod tests {
         let s = m.snapshot();
         assert_eq!((s.ops_total, s.errors_total), (3, 1));
         assert!((s.error_rate - 1.0 / 3.0).abs() < 1e-9);
-        let enc = s
-            .per_op
-            .iter()
-            .find(|o| o.op == "encrypt")
-            .expect("encrypt counted");
+        let enc = s.per_op.iter().find(|o| o.op == "encrypt").expect("encrypt counted");
         assert_eq!((enc.count, enc.errors), (2, 1));
-        assert!(
-            (enc.avg_latency_us - 20.0).abs() < 1e-6,
-            "{}",
-            enc.avg_latency_us
-        );
-        assert!(
-            s.per_op.iter().all(|o| o.op != "decrypt"),
-            "unused ops are not listed"
-        );
+        assert!((enc.avg_latency_us - 20.0).abs() < 1e-6, "{}", enc.avg_latency_us);
+        assert!(s.per_op.iter().all(|o| o.op != "decrypt"), "unused ops are not listed");
     }
 
     #[test]
     fn every_request_kind_has_its_own_slot() {
         use harpocrates_protocol::{KeyAttributes, Request};
         let all = [
-            Request::Hello {
-                version: 1,
-                client_name: String::new(),
-            },
+            Request::Hello { version: 1, client_name: String::new() },
             Request::Ping,
             Request::GenerateRandom { len: 1 },
-            Request::GenerateKey {
-                label: "k".into(),
-                size_bits: 256,
-            },
+            Request::GenerateKey { label: "k".into(), size_bits: 256 },
             Request::GenerateKeyWithAttributes {
                 label: "k".into(),
                 attributes: KeyAttributes::default(),
             },
             Request::ListKeys,
-            Request::Encrypt {
-                key: "k".into(),
-                plaintext: Vec::new().into(),
-                aad: None,
-            },
-            Request::Decrypt {
-                key: "k".into(),
-                ciphertext: Vec::new(),
-                aad: None,
-            },
+            Request::Encrypt { key: "k".into(), plaintext: Vec::new().into(), aad: None },
+            Request::Decrypt { key: "k".into(), ciphertext: Vec::new(), aad: None },
             Request::DestroyKey { key: "k".into() },
             Request::SupportsKeyBackup,
             Request::HealthCheck,
@@ -245,15 +197,7 @@ mod tests {
             m.record(r.op_name(), true, Duration::ZERO);
         }
         let s = m.snapshot();
-        assert_eq!(
-            s.per_op.len(),
-            all.len(),
-            "each kind counted in a slot of its own"
-        );
-        assert_eq!(
-            m.other.count.load(Relaxed),
-            0,
-            "no kind fell into the catch-all"
-        );
+        assert_eq!(s.per_op.len(), all.len(), "each kind counted in a slot of its own");
+        assert_eq!(m.other.count.load(Relaxed), 0, "no kind fell into the catch-all");
     }
 }

@@ -40,10 +40,8 @@ pub fn open_backend(settings: &Settings) -> Result<Arc<dyn Backend>, StartupErro
     match &settings.backend {
         BackendSettings::Soft(soft) => {
             let pin = settings.pin.load()?;
-            let token = SoftToken::open(soft, &pin).map_err(|source| StartupError::Backend {
-                backend: "soft",
-                source,
-            })?;
+            let token = SoftToken::open(soft, &pin)
+                .map_err(|source| StartupError::Backend { backend: "soft", source })?;
             Ok(Arc::new(token))
         }
     }

@@ -5,26 +5,16 @@ use std::process::Command;
 
 #[test]
 fn help_lists_the_flags_and_version_matches_the_crate() {
-    let help = Command::new(env!("CARGO_BIN_EXE_harpocratesd"))
-        .arg("--help")
-        .output()
-        .expect("run");
+    let help =
+        Command::new(env!("CARGO_BIN_EXE_harpocratesd")).arg("--help").output().expect("run");
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--config",
-        "--dev",
-        "--socket",
-        "--state-dir",
-        "--max-sessions",
-        "--check-config",
-    ] {
+    for flag in ["--config", "--dev", "--socket", "--state-dir", "--max-sessions", "--check-config"]
+    {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
-    let version = Command::new(env!("CARGO_BIN_EXE_harpocratesd"))
-        .arg("--version")
-        .output()
-        .expect("run");
+    let version =
+        Command::new(env!("CARGO_BIN_EXE_harpocratesd")).arg("--version").output().expect("run");
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 

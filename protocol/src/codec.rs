@@ -74,10 +74,7 @@ impl<In, Out> MessageCodec<In, Out> {
     /// A codec refusing bodies over `max_frame` bytes (clamped to
     /// [`MAX_FRAME_CEILING`]).
     pub fn new(max_frame: u32) -> Self {
-        Self {
-            max_frame: max_frame.min(MAX_FRAME_CEILING),
-            _types: PhantomData,
-        }
+        Self { max_frame: max_frame.min(MAX_FRAME_CEILING), _types: PhantomData }
     }
 
     /// The limit in force.
@@ -94,9 +91,7 @@ impl<In, Out> Default for MessageCodec<In, Out> {
 
 impl<In, Out> std::fmt::Debug for MessageCodec<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageCodec")
-            .field("max_frame", &self.max_frame)
-            .finish()
+        f.debug_struct("MessageCodec").field("max_frame", &self.max_frame).finish()
     }
 }
 
@@ -110,10 +105,7 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         if len > self.max_frame {
-            return Err(FrameError::TooLarge {
-                len: len.into(),
-                max: self.max_frame,
-            });
+            return Err(FrameError::TooLarge { len: len.into(), max: self.max_frame });
         }
         let len = len as usize;
         if src.len() < LEN_PREFIX + len {
@@ -167,10 +159,7 @@ impl<In, Out: Serialize> Encoder<Out> for MessageCodec<In, Out> {
         if len > self.max_frame as usize {
             dst[start..].zeroize();
             dst.truncate(start);
-            return Err(FrameError::TooLarge {
-                len: len as u64,
-                max: self.max_frame,
-            });
+            return Err(FrameError::TooLarge { len: len as u64, max: self.max_frame });
         }
         dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
@@ -187,18 +176,10 @@ mod tests {
 
     #[test]
     fn request_round_trips_through_both_ends() {
-        let frame = RequestFrame {
-            id: 7,
-            request: Request::GenerateRandom { len: 32 },
-        };
+        let frame = RequestFrame { id: 7, request: Request::GenerateRandom { len: 32 } };
         let mut buf = BytesMut::new();
-        ClientCodec::default()
-            .encode(frame.clone(), &mut buf)
-            .expect("encode");
-        let got = ServerCodec::default()
-            .decode(&mut buf)
-            .expect("decode")
-            .expect("whole frame");
+        ClientCodec::default().encode(frame.clone(), &mut buf).expect("encode");
+        let got = ServerCodec::default().decode(&mut buf).expect("decode").expect("whole frame");
         assert_eq!(got, Ok(frame));
         assert!(buf.is_empty());
     }
@@ -207,22 +188,13 @@ mod tests {
     fn partial_frame_waits_for_more_bytes() {
         let mut buf = BytesMut::new();
         ClientCodec::default()
-            .encode(
-                RequestFrame {
-                    id: 1,
-                    request: Request::Ping,
-                },
-                &mut buf,
-            )
+            .encode(RequestFrame { id: 1, request: Request::Ping }, &mut buf)
             .expect("encode");
         let whole = buf.clone();
         let mut codec = ServerCodec::default();
         for cut in 0..whole.len() {
             let mut part = BytesMut::from(&whole[..cut]);
-            assert!(
-                codec.decode(&mut part).expect("no error").is_none(),
-                "cut at {cut}"
-            );
+            assert!(codec.decode(&mut part).expect("no error").is_none(), "cut at {cut}");
         }
     }
 
@@ -230,17 +202,11 @@ mod tests {
     fn oversized_length_is_refused_before_allocation() {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         let cap = buf.capacity();
-        let err = ServerCodec::new(1024)
-            .decode(&mut buf)
-            .expect_err("must refuse");
+        let err = ServerCodec::new(1024).decode(&mut buf).expect_err("must refuse");
         assert!(
             matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u64::from(u32::MAX))
         );
-        assert_eq!(
-            buf.capacity(),
-            cap,
-            "nothing may be reserved for a refused frame"
-        );
+        assert_eq!(buf.capacity(), cap, "nothing may be reserved for a refused frame");
     }
 
     #[test]
@@ -249,35 +215,20 @@ mod tests {
         buf.put_u32(3);
         buf.put_slice(&[0x05, 0xff, 0xff]); // id 5, then an impossible variant
         ClientCodec::default()
-            .encode(
-                RequestFrame {
-                    id: 6,
-                    request: Request::Ping,
-                },
-                &mut buf,
-            )
+            .encode(RequestFrame { id: 6, request: Request::Ping }, &mut buf)
             .expect("encode");
         let mut codec = ServerCodec::default();
         let bad = codec.decode(&mut buf).expect("not fatal").expect("a frame");
         let err = bad.expect_err("garbage");
         assert_eq!(err.id, Some(5));
         let good = codec.decode(&mut buf).expect("not fatal").expect("a frame");
-        assert_eq!(
-            good,
-            Ok(RequestFrame {
-                id: 6,
-                request: Request::Ping
-            })
-        );
+        assert_eq!(good, Ok(RequestFrame { id: 6, request: Request::Ping }));
     }
 
     #[test]
     fn trailing_bytes_are_an_error() {
         let mut body = bincode::serde::encode_to_vec(
-            RequestFrame {
-                id: 9,
-                request: Request::Ping,
-            },
+            RequestFrame { id: 9, request: Request::Ping },
             bincode_config(),
         )
         .expect("encode");
@@ -302,10 +253,7 @@ mod tests {
 
     #[test]
     fn outgoing_message_over_the_limit_is_refused_and_leaves_no_partial_frame() {
-        let frame = ResponseFrame {
-            id: 1,
-            result: Ok(Response::Ciphertext(vec![0; 2048])),
-        };
+        let frame = ResponseFrame { id: 1, result: Ok(Response::Ciphertext(vec![0; 2048])) };
         let mut buf = BytesMut::from(&b"xx"[..]);
         let err = MessageCodec::<RequestFrame, ResponseFrame>::new(1024)
             .encode(frame, &mut buf)

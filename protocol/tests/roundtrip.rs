@@ -24,10 +24,8 @@ fn attrs() -> impl Strategy<Value = KeyAttributes> {
 
 fn leaf_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u32>(), ".{0,20}").prop_map(|(version, client_name)| Request::Hello {
-            version,
-            client_name
-        }),
+        (any::<u32>(), ".{0,20}")
+            .prop_map(|(version, client_name)| Request::Hello { version, client_name }),
         Just(Request::Ping),
         any::<u32>().prop_map(|len| Request::GenerateRandom { len }),
         (".{0,20}", any::<u32>())
@@ -37,19 +35,10 @@ fn leaf_request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::ListKeys),
         (".{0,20}", bytes(300), prop::option::of(bytes(40))).prop_map(|(k, p, aad)| {
-            Request::Encrypt {
-                key: k.into(),
-                plaintext: p.into(),
-                aad,
-            }
+            Request::Encrypt { key: k.into(), plaintext: p.into(), aad }
         }),
-        (".{0,20}", bytes(300), prop::option::of(bytes(40))).prop_map(|(k, c, aad)| {
-            Request::Decrypt {
-                key: k.into(),
-                ciphertext: c,
-                aad,
-            }
-        }),
+        (".{0,20}", bytes(300), prop::option::of(bytes(40)))
+            .prop_map(|(k, c, aad)| { Request::Decrypt { key: k.into(), ciphertext: c, aad } }),
         ".{0,20}".prop_map(|k| Request::DestroyKey { key: k.into() }),
         Just(Request::SupportsKeyBackup),
         Just(Request::HealthCheck),
@@ -68,11 +57,7 @@ fn key_info() -> impl Strategy<Value = KeyInfo> {
     (".{0,20}", attrs(), bytes(16), any::<bool>()).prop_map(|(name, attributes, id, hmac)| {
         KeyInfo {
             handle: name.into(),
-            algorithm: if hmac {
-                KeyAlgorithm::GenericSecret
-            } else {
-                KeyAlgorithm::Aes
-            },
+            algorithm: if hmac { KeyAlgorithm::GenericSecret } else { KeyAlgorithm::Aes },
             attributes,
             id,
         }
@@ -84,20 +69,10 @@ fn wire_error() -> impl Strategy<Value = WireError> {
 }
 
 fn leaf_response() -> impl Strategy<Value = Response> {
-    let health = (
-        ".{0,10}",
-        any::<bool>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u64>(),
-    )
-        .prop_map(|(backend, reachable, active, max, keys)| {
+    let health = (".{0,10}", any::<bool>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+        |(backend, reachable, active, max, keys)| {
             Response::Health(HealthStatus {
-                state: if reachable {
-                    HealthState::Healthy
-                } else {
-                    HealthState::Unhealthy
-                },
+                state: if reachable { HealthState::Healthy } else { HealthState::Unhealthy },
                 backend,
                 token: TokenInfo::default(),
                 token_reachable: reachable,
@@ -106,7 +81,8 @@ fn leaf_response() -> impl Strategy<Value = Response> {
                 key_count: keys,
                 uptime_secs: keys / 3,
             })
-        });
+        },
+    );
     let metrics = (any::<u64>(), any::<u64>(), 0.0f64..1e9).prop_map(|(ops, errs, rate)| {
         Response::Metrics(MetricsSnapshot {
             uptime_secs: 1,

@@ -85,9 +85,7 @@ impl Daemon {
         let notify_path = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         let child = Command::new(bin("harpocratesd"))
             .arg("--config")
             .arg(self.config_path())
@@ -100,36 +98,23 @@ impl Daemon {
             .expect("spawn harpocratesd");
         let mut child = child;
         for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
         {
             let sink = self.output.clone();
-            self.drains
-                .push(std::thread::spawn(move || drain(pipe, &sink)));
+            self.drains.push(std::thread::spawn(move || drain(pipe, &sink)));
         }
         self.child = Some(child);
         let mut buf = [0u8; 512];
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let n = notify.recv(&mut buf).unwrap_or_else(|e| {
-                panic!(
-                    "daemon never said READY=1 ({e}); output:\n{}",
-                    self.output()
-                )
+                panic!("daemon never said READY=1 ({e}); output:\n{}", self.output())
             });
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
+            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
                 break;
             }
             assert!(Instant::now() < deadline, "daemon not ready in time");
@@ -190,9 +175,7 @@ fn drain(mut pipe: Box<dyn Read + Send>, sink: &Mutex<Vec<u8>>) {
         if n == 0 {
             break;
         }
-        sink.lock()
-            .expect("output lock")
-            .extend_from_slice(&buf[..n]);
+        sink.lock().expect("output lock").extend_from_slice(&buf[..n]);
     }
 }
 

@@ -52,10 +52,7 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { field, reason: reason.into() }
 }
 
 /// Which token serves the keys.
@@ -167,10 +164,7 @@ impl Settings {
                 .ok()
                 .filter(|m| *m <= 0o777)
                 .ok_or_else(|| {
-                    invalid(
-                        "socket_mode",
-                        format!("{s:?} is not an octal mode like \"0660\""),
-                    )
+                    invalid("socket_mode", format!("{s:?} is not an octal mode like \"0660\""))
                 })?,
         };
         let max_frame = bounded(
@@ -189,8 +183,7 @@ impl Settings {
                     iterations: soft.kdf_iterations.unwrap_or(defaults.iterations),
                     parallelism: soft.kdf_parallelism.unwrap_or(defaults.parallelism),
                 };
-                kdf.check()
-                    .map_err(|reason| invalid("soft.kdf_*", reason))?;
+                kdf.check().map_err(|reason| invalid("soft.kdf_*", reason))?;
                 BackendSettings::Soft(SoftConfig {
                     state_dir: soft
                         .state_dir
@@ -206,9 +199,7 @@ impl Settings {
             }
         };
         Ok(Self {
-            socket_path: raw
-                .socket_path
-                .unwrap_or_else(|| PathBuf::from(paths::SYSTEM_SOCKET)),
+            socket_path: raw.socket_path.unwrap_or_else(|| PathBuf::from(paths::SYSTEM_SOCKET)),
             socket_mode,
             max_frame,
             queue_depth: bounded("queue_depth", raw.queue_depth, 4096, 1, 1 << 20)? as usize,
@@ -228,17 +219,9 @@ impl Settings {
             )?,
             retry: RetryPolicy {
                 attempts: bounded("retry_attempts", raw.retry_attempts, 3, 0, 100)? as u32,
-                delay: duration(
-                    "retry_delay",
-                    raw.retry_delay.as_deref(),
-                    Duration::from_secs(5),
-                )?,
+                delay: duration("retry_delay", raw.retry_delay.as_deref(), Duration::from_secs(5))?,
             },
-            pin: PinSource {
-                credential: raw.pin_credential,
-                file: raw.pin_file,
-                env: raw.pin_env,
-            },
+            pin: PinSource { credential: raw.pin_credential, file: raw.pin_file, env: raw.pin_env },
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),
             backend,
             dev: false,
@@ -248,24 +231,16 @@ impl Settings {
 
 /// Reads and parses a TOML file.
 pub fn load_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
 
 /// The per-user state directory of `--dev`: `$XDG_STATE_HOME/harpocrates/dev`, else
 /// `~/.local/state/harpocrates/dev`, else beside the dev socket.
 pub fn dev_state_dir() -> PathBuf {
-    let from_env = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let from_env = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(state) = from_env("XDG_STATE_HOME") {
         return state.join("harpocrates/dev");
     }
@@ -278,11 +253,8 @@ pub fn dev_state_dir() -> PathBuf {
 /// `--dev`: soft token in the per-user state directory, a generated PIN kept beside it
 /// (mode 0600), the per-user socket readable by this user only.
 fn apply_dev_presets(raw: &mut RawConfig) -> Result<(), ConfigError> {
-    let state_dir = raw
-        .soft
-        .as_ref()
-        .and_then(|s| s.state_dir.clone())
-        .unwrap_or_else(dev_state_dir);
+    let state_dir =
+        raw.soft.as_ref().and_then(|s| s.state_dir.clone()).unwrap_or_else(dev_state_dir);
     let pin_file = state_dir.join("dev.pin");
     ensure_dev_pin(&pin_file)?;
     raw.backend = Some("soft".into());
@@ -329,10 +301,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::validate(toml::from_str(text).map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
-                path: "test.toml".into(),
-                message: e.to_string(),
-            }
+            ConfigError::Parse { path: "test.toml".into(), message: e.to_string() }
         })?)
     }
 
@@ -342,13 +311,7 @@ mod tests {
         assert_eq!(s.socket_path, Path::new(paths::SYSTEM_SOCKET));
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.max_frame, DEFAULT_MAX_FRAME);
-        assert_eq!(
-            s.retry,
-            RetryPolicy {
-                attempts: 3,
-                delay: Duration::from_secs(5)
-            }
-        );
+        assert_eq!(s.retry, RetryPolicy { attempts: 3, delay: Duration::from_secs(5) });
         assert_eq!(s.session_timeout, Duration::from_secs(1800));
     }
 
@@ -414,10 +377,6 @@ mod tests {
         let pin = s.pin.load().expect("generated pin");
         assert_eq!(pin.len(), 48);
         let again = Settings::from_args(&args).expect("dev settings");
-        assert_eq!(
-            again.pin.load().expect("same pin").as_str(),
-            pin.as_str(),
-            "PIN is kept"
-        );
+        assert_eq!(again.pin.load().expect("same pin").as_str(), pin.as_str(), "PIN is kept");
     }
 }

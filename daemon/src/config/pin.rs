@@ -71,10 +71,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pin");
         std::fs::write(&path, "s3cret\n").expect("write");
-        let src = PinSource {
-            file: Some(path),
-            ..Default::default()
-        };
+        let src = PinSource { file: Some(path), ..Default::default() };
         assert_eq!(src.load().expect("pin").as_str(), "s3cret");
     }
 
@@ -83,24 +80,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pin");
         std::fs::write(&path, "\n").expect("write");
-        let err = PinSource {
-            file: Some(path),
-            ..Default::default()
-        }
-        .load()
-        .expect_err("empty");
+        let err = PinSource { file: Some(path), ..Default::default() }.load().expect_err("empty");
         assert!(err.to_string().contains("empty"), "{err}");
-        let missing = PinSource {
-            file: Some(dir.path().join("nope")),
-            ..Default::default()
-        };
-        assert!(
-            missing
-                .load()
-                .expect_err("missing")
-                .to_string()
-                .contains("nope")
-        );
+        let missing = PinSource { file: Some(dir.path().join("nope")), ..Default::default() };
+        assert!(missing.load().expect_err("missing").to_string().contains("nope"));
         let none = PinSource::default().load().expect_err("unconfigured");
         assert!(none.to_string().contains("pin_file"), "{none}");
     }

@@ -58,15 +58,10 @@ pub fn parse(ciphertext: &[u8]) -> Result<Parsed<'_>, FormatError> {
     }
     let (header, rest) = ciphertext.split_at(HEADER_LEN);
     if header != HEADER_V1_AES_GCM {
-        return Err(FormatError::UnknownFormat {
-            version: header[0],
-            algorithm: header[1],
-        });
+        return Err(FormatError::UnknownFormat { version: header[0], algorithm: header[1] });
     }
     let (iv, sealed) = rest.split_at(IV_LEN);
-    let iv = iv
-        .try_into()
-        .map_err(|_| FormatError::TooShort(ciphertext.len()))?;
+    let iv = iv.try_into().map_err(|_| FormatError::TooShort(ciphertext.len()))?;
     Ok(Parsed { iv, sealed })
 }
 
@@ -103,19 +98,10 @@ mod tests {
 
     #[test]
     fn refuses_short_and_foreign_input() {
-        assert_eq!(
-            parse(&[1; OVERHEAD - 1]),
-            Err(FormatError::TooShort(OVERHEAD - 1))
-        );
+        assert_eq!(parse(&[1; OVERHEAD - 1]), Err(FormatError::TooShort(OVERHEAD - 1)));
         let mut ct = vec![2, 1];
         ct.resize(OVERHEAD, 0);
-        assert_eq!(
-            parse(&ct),
-            Err(FormatError::UnknownFormat {
-                version: 2,
-                algorithm: 1
-            })
-        );
+        assert_eq!(parse(&ct), Err(FormatError::UnknownFormat { version: 2, algorithm: 1 }));
     }
 
     #[test]

@@ -11,14 +11,9 @@ pub fn validate_label(label: &str) -> Result<(), String> {
         return Err("key label is empty".into());
     }
     if label.len() > MAX_LABEL_LEN {
-        return Err(format!(
-            "key label is {} bytes; the limit is {MAX_LABEL_LEN}",
-            label.len()
-        ));
+        return Err(format!("key label is {} bytes; the limit is {MAX_LABEL_LEN}", label.len()));
     }
-    if let Some(c) = label
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:/@+".contains(*c)))
+    if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:/@+".contains(*c)))
     {
         return Err(format!(
             "key label contains '{}'; use letters, digits and -_.:/@+ only",
@@ -34,13 +29,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_labels() {
-        for ok in [
-            "demo",
-            "app/db-key:v1",
-            "a",
-            "user@example.com+1",
-            &"k".repeat(128),
-        ] {
+        for ok in ["demo", "app/db-key:v1", "a", "user@example.com+1", &"k".repeat(128)] {
             assert_eq!(validate_label(ok), Ok(()), "{ok}");
         }
     }
@@ -48,11 +37,7 @@ mod tests {
     #[test]
     fn refuses_empty_long_and_odd_labels() {
         assert!(validate_label("").is_err());
-        assert!(
-            validate_label(&"k".repeat(129))
-                .unwrap_err()
-                .contains("129 bytes")
-        );
+        assert!(validate_label(&"k".repeat(129)).unwrap_err().contains("129 bytes"));
         for bad in ["with space", "new\nline", "nul\0", "émoji", "semi;colon"] {
             assert!(validate_label(bad).is_err(), "{bad:?}");
         }

@@ -54,20 +54,10 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, Codec::new(limits.max_frame));
     let (tx, rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight + 8);
-    let writer = actix::spawn(write_responses(
-        FramedWrite::new(write, Codec::new(limits.max_frame)),
-        rx,
-    ));
+    let writer =
+        actix::spawn(write_responses(FramedWrite::new(write, Codec::new(limits.max_frame)), rx));
 
-    if handshake(
-        &mut frames,
-        &tx,
-        router.backend_name(),
-        limits.max_frame,
-        &shutdown,
-    )
-    .await
-    {
+    if handshake(&mut frames, &tx, router.backend_name(), limits.max_frame, &shutdown).await {
         read_requests(&mut frames, &tx, router, limits, &shutdown).await;
     }
     drop(frames);
@@ -103,10 +93,7 @@ async fn handshake(
         Ok(Some(Ok(Ok(RequestFrame { id, request })))) => (id, request),
     };
     let result = match request {
-        Request::Hello {
-            version,
-            client_name,
-        } if version == PROTOCOL_VERSION => {
+        Request::Hello { version, client_name } if version == PROTOCOL_VERSION => {
             tracing::debug!(client = %client_name.escape_debug(), "hello");
             Ok(Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -153,11 +140,7 @@ async fn read_requests(
             Some(Err(e)) => return fatal(tx, e).await,
             Some(Ok(Err(body))) => {
                 tracing::debug!(error = %body, "undecodable frame");
-                if tx
-                    .send(undecodable(body.id, &body.to_string()))
-                    .await
-                    .is_err()
-                {
+                if tx.send(undecodable(body.id, &body.to_string())).await.is_err() {
                     return;
                 }
             }
@@ -180,12 +163,7 @@ async fn fatal(tx: &mpsc::Sender<ResponseFrame>, e: FrameError) {
         FrameError::TooLarge { .. } => {
             tracing::debug!(error = %e, "closing connection");
             let err = WireError::new(ErrorCode::FrameTooLarge, e.to_string());
-            let _ = tx
-                .send(ResponseFrame {
-                    id: 0,
-                    result: Err(err),
-                })
-                .await;
+            let _ = tx.send(ResponseFrame { id: 0, result: Err(err) }).await;
         }
         other => tracing::debug!(error = %other, "connection read failed"),
     }
@@ -219,14 +197,7 @@ async fn write_responses(
                             "the answer is {len} bytes, over the {max}-byte frame limit; split the request"
                         ),
                     );
-                    if sink
-                        .feed(ResponseFrame {
-                            id,
-                            result: Err(err),
-                        })
-                        .await
-                        .is_err()
-                    {
+                    if sink.feed(ResponseFrame { id, result: Err(err) }).await.is_err() {
                         return;
                     }
                 }

@@ -50,21 +50,15 @@ impl Router {
         match request {
             Request::Batch(items) => {
                 let result = self.batch(items).await;
-                self.metrics
-                    .record("batch", result.is_ok(), started.elapsed());
+                self.metrics.record("batch", result.is_ok(), started.elapsed());
                 result
             }
             single => match self.place(&single) {
                 Place::Here(result) => {
-                    self.metrics
-                        .record(single.op_name(), result.is_ok(), started.elapsed());
+                    self.metrics.record(single.op_name(), result.is_ok(), started.elapsed());
                     result
                 }
-                Place::Pool => self
-                    .run_in_pool(vec![single])
-                    .await
-                    .pop()
-                    .unwrap_or_else(lost),
+                Place::Pool => self.run_in_pool(vec![single]).await.pop().unwrap_or_else(lost),
             },
         }
     }
@@ -73,10 +67,7 @@ impl Router {
         if items.len() > MAX_BATCH_LEN {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
-                format!(
-                    "batch of {} operations; the limit is {MAX_BATCH_LEN}",
-                    items.len()
-                ),
+                format!("batch of {} operations; the limit is {MAX_BATCH_LEN}", items.len()),
             ));
         }
         let started = Instant::now();
@@ -85,8 +76,7 @@ impl Router {
         for item in items {
             match self.place(&item) {
                 Place::Here(result) => {
-                    self.metrics
-                        .record(item.op_name(), result.is_ok(), started.elapsed());
+                    self.metrics.record(item.op_name(), result.is_ok(), started.elapsed());
                     answers.push(Some(result));
                 }
                 Place::Pool => {
@@ -95,12 +85,9 @@ impl Router {
                 }
             }
         }
-        let mut pooled = if for_pool.is_empty() {
-            Vec::new()
-        } else {
-            self.run_in_pool(for_pool).await
-        }
-        .into_iter();
+        let mut pooled =
+            if for_pool.is_empty() { Vec::new() } else { self.run_in_pool(for_pool).await }
+                .into_iter();
         let answers = answers
             .into_iter()
             .map(|a| a.unwrap_or_else(|| pooled.next().unwrap_or_else(lost)))
@@ -157,17 +144,13 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
         other => bad(format!("AES keys are 128, 192 or 256 bits, not {other}")),
     };
     match request {
-        Request::GenerateRandom { len } if *len > MAX_RANDOM_LEN => bad(format!(
-            "{len} random bytes requested; the limit is {MAX_RANDOM_LEN}"
-        )),
-        Request::GenerateKey {
-            label: l,
-            size_bits,
-        } => label(l).and_then(|()| size(*size_bits)),
-        Request::GenerateKeyWithAttributes {
-            label: l,
-            attributes,
-        } => label(l).and_then(|()| size(attributes.size_bits)),
+        Request::GenerateRandom { len } if *len > MAX_RANDOM_LEN => {
+            bad(format!("{len} random bytes requested; the limit is {MAX_RANDOM_LEN}"))
+        }
+        Request::GenerateKey { label: l, size_bits } => label(l).and_then(|()| size(*size_bits)),
+        Request::GenerateKeyWithAttributes { label: l, attributes } => {
+            label(l).and_then(|()| size(attributes.size_bits))
+        }
         Request::Encrypt { key, .. }
         | Request::Decrypt { key, .. }
         | Request::DestroyKey { key } => label(key.as_str()),
@@ -176,10 +159,7 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
 }
 
 fn lost() -> WireResult {
-    Err(WireError::new(
-        ErrorCode::Unavailable,
-        "the session actor stopped before answering",
-    ))
+    Err(WireError::new(ErrorCode::Unavailable, "the session actor stopped before answering"))
 }
 
 #[cfg(test)]
@@ -190,44 +170,21 @@ mod tests {
     #[test]
     fn validation_refuses_out_of_range_arguments() {
         let refused = [
-            Request::GenerateRandom {
-                len: MAX_RANDOM_LEN + 1,
-            },
-            Request::GenerateKey {
-                label: "ok".into(),
-                size_bits: 512,
-            },
-            Request::GenerateKey {
-                label: "bad label".into(),
-                size_bits: 256,
-            },
+            Request::GenerateRandom { len: MAX_RANDOM_LEN + 1 },
+            Request::GenerateKey { label: "ok".into(), size_bits: 512 },
+            Request::GenerateKey { label: "bad label".into(), size_bits: 256 },
             Request::GenerateKeyWithAttributes {
                 label: "ok".into(),
                 attributes: KeyAttributes::aes(100),
             },
-            Request::Encrypt {
-                key: "".into(),
-                plaintext: Vec::new().into(),
-                aad: None,
-            },
+            Request::Encrypt { key: "".into(), plaintext: Vec::new().into(), aad: None },
             Request::DestroyKey { key: "x\n".into() },
         ];
         for r in refused {
             let err = validate(&r).expect_err(r.op_name());
             assert_eq!(err.code, ErrorCode::InvalidRequest);
         }
-        assert_eq!(
-            validate(&Request::GenerateRandom {
-                len: MAX_RANDOM_LEN
-            }),
-            Ok(())
-        );
-        assert_eq!(
-            validate(&Request::GenerateKey {
-                label: "k".into(),
-                size_bits: 192
-            }),
-            Ok(())
-        );
+        assert_eq!(validate(&Request::GenerateRandom { len: MAX_RANDOM_LEN }), Ok(()));
+        assert_eq!(validate(&Request::GenerateKey { label: "k".into(), size_bits: 192 }), Ok(()));
     }
 }

@@ -46,17 +46,10 @@ impl Drop for BoundSocket {
 /// is replaced; a live one is not. A missing parent directory is created (mode 0755, or
 /// 0700 when the socket is private to its owner).
 pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, ListenError> {
-    let io = |source| ListenError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| ListenError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let dir_mode = if mode & 0o077 == 0 { 0o700 } else { 0o755 };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(dir_mode)
-            .create(dir)
-            .map_err(io)?;
+        std::fs::DirBuilder::new().recursive(true).mode(dir_mode).create(dir).map_err(io)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -66,10 +59,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, ListenError> {
         std::fs::remove_file(path).map_err(io)?;
     }
     let listener = UnixListener::bind(path).map_err(io)?;
-    let bound = BoundSocket {
-        listener,
-        path: path.to_owned(),
-    };
+    let bound = BoundSocket { listener, path: path.to_owned() };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     Ok(bound)
 }

@@ -101,10 +101,7 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     drop(bound);
     connections.close();
-    if tokio::time::timeout(settings.shutdown_timeout, connections.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(settings.shutdown_timeout, connections.wait()).await.is_err() {
         tracing::warn!(
             remaining = connections.len(),
             "shutdown timeout; dropping connections with requests still in flight"
@@ -121,12 +118,7 @@ async fn refuse_busy(stream: tokio::net::UnixStream, max_frame: u32) {
         MessageCodec::<RequestFrame, ResponseFrame>::new(max_frame),
     );
     let err = WireError::new(ErrorCode::Busy, "too many connections; retry later");
-    let _ = sink
-        .send(ResponseFrame {
-            id: 0,
-            result: Err(err),
-        })
-        .await;
+    let _ = sink.send(ResponseFrame { id: 0, result: Err(err) }).await;
 }
 
 /// Runs the daemon in this thread until SIGTERM or SIGINT. Prints nothing; the caller
@@ -157,10 +149,9 @@ pub fn run(
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
@@ -214,16 +205,9 @@ pub fn spawn(settings: Settings, backend: Arc<dyn Backend>) -> Result<RunningDae
             system.block_on(serve(settings, backend, token, ready_tx));
             actix::System::current().stop();
         })
-        .map_err(|source| ListenError::Io {
-            path: PathBuf::new(),
-            source,
-        })?;
+        .map_err(|source| ListenError::Io { path: PathBuf::new(), source })?;
     match ready_rx.blocking_recv() {
-        Ok(Ok(socket_path)) => Ok(RunningDaemon {
-            socket_path,
-            shutdown,
-            thread: Some(thread),
-        }),
+        Ok(Ok(socket_path)) => Ok(RunningDaemon { socket_path, shutdown, thread: Some(thread) }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

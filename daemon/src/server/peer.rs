@@ -17,11 +17,7 @@ impl Peer {
     /// Reads the peer's credentials from a connected socket.
     pub fn of(stream: &UnixStream) -> std::io::Result<Self> {
         let cred = stream.peer_cred()?;
-        Ok(Self {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-        })
+        Ok(Self { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() })
     }
 }
 

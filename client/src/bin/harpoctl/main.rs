@@ -20,10 +20,7 @@ use output::Out;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out { json: cli.json };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("harpoctl: cannot start a runtime: {e}");
@@ -122,11 +119,7 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
                 wrap,
                 unwrap,
             };
-            out.key_generated(
-                &client
-                    .generate_key_with_attributes(&label, attributes)
-                    .await?,
-            );
+            out.key_generated(&client.generate_key_with_attributes(&label, attributes).await?);
         }
         Command::Keys(KeysCommand::List) => out.keys(&client.list_keys().await?),
         Command::Keys(KeysCommand::Destroy { label, .. }) => {

@@ -45,12 +45,7 @@ fn usage(k: &KeyInfo) -> String {
         (a.extractable, "extractable"),
         (a.sensitive, "sensitive"),
     ];
-    flags
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join(",")
+    flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 
 impl Out {
@@ -61,10 +56,7 @@ impl Out {
     /// An error, on stderr.
     pub fn error(&self, code: &str, message: &str) {
         if self.json {
-            eprintln!(
-                "{}",
-                json!({ "error": { "code": code, "message": message } })
-            );
+            eprintln!("{}", json!({ "error": { "code": code, "message": message } }));
         } else {
             eprintln!("harpoctl: {message}");
         }
@@ -131,10 +123,7 @@ impl Out {
                 m.avg_latency_us,
                 m.connections
             );
-            println!(
-                "{:<30} {:>12} {:>10} {:>12}",
-                "OPERATION", "COUNT", "ERRORS", "AVG µs"
-            );
+            println!("{:<30} {:>12} {:>10} {:>12}", "OPERATION", "COUNT", "ERRORS", "AVG µs");
             for o in &m.per_op {
                 println!(
                     "{:<30} {:>12} {:>10} {:>12.1}",
@@ -183,16 +172,8 @@ impl Out {
             println!("no keys");
             return;
         }
-        let width = keys
-            .iter()
-            .map(|k| k.handle.as_str().len())
-            .max()
-            .unwrap_or(0)
-            .max(5);
-        println!(
-            "{:<width$}  {:<6} {:>5}  {:<32}  USAGE",
-            "LABEL", "ALG", "BITS", "ID"
-        );
+        let width = keys.iter().map(|k| k.handle.as_str().len()).max().unwrap_or(0).max(5);
+        println!("{:<width$}  {:<6} {:>5}  {:<32}  USAGE", "LABEL", "ALG", "BITS", "ID");
         for k in keys {
             println!(
                 "{:<width$}  {:<6} {:>5}  {:<32}  {}",

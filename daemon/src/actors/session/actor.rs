@@ -66,8 +66,7 @@ impl Handler<ExecBatch> for SessionActor {
                             self.worker.reset();
                             panicked(op)
                         });
-                    self.metrics
-                        .record(op.op_name(), result.is_ok(), work.admitted.elapsed());
+                    self.metrics.record(op.op_name(), result.is_ok(), work.admitted.elapsed());
                     result
                 })
                 .collect();

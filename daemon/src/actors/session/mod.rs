@@ -65,10 +65,7 @@ pub struct SessionWorker {
 impl SessionWorker {
     /// A worker that opens its session on first use.
     pub fn new(shared: Arc<PoolShared>) -> Self {
-        Self {
-            shared,
-            session: None,
-        }
+        Self { shared, session: None }
     }
 
     /// Drops the session, so the next operation opens a fresh one.
@@ -98,21 +95,13 @@ impl SessionWorker {
                 Response::KeyGenerated(self.with_session(|s| s.generate_key(label, attributes))?)
             }
             Request::ListKeys => Response::Keys(self.with_session(|s| s.list_keys())?),
-            Request::Encrypt {
-                key,
-                plaintext,
-                aad,
-            } => {
+            Request::Encrypt { key, plaintext, aad } => {
                 let aad = aad.as_deref().unwrap_or_default();
                 Response::Ciphertext(
                     self.with_session(|s| s.encrypt(key.as_str(), plaintext.expose(), aad))?,
                 )
             }
-            Request::Decrypt {
-                key,
-                ciphertext,
-                aad,
-            } => {
+            Request::Decrypt { key, ciphertext, aad } => {
                 let aad = aad.as_deref().unwrap_or_default();
                 Response::Plaintext(
                     self.with_session(|s| s.decrypt(key.as_str(), ciphertext, aad))?,
@@ -140,11 +129,7 @@ impl SessionWorker {
         });
         let shared = &self.shared;
         let active = shared.active.load(Ordering::Relaxed);
-        let state = if keys.is_ok() {
-            HealthState::Healthy
-        } else {
-            HealthState::Unhealthy
-        };
+        let state = if keys.is_ok() { HealthState::Healthy } else { HealthState::Unhealthy };
         HealthStatus {
             state,
             backend: shared.backend.name().to_owned(),
@@ -191,11 +176,7 @@ impl SessionWorker {
 
     fn session(&mut self) -> BackendResult<&mut OpenSession> {
         let timeout = self.shared.session_timeout;
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.last_used.elapsed() > timeout)
-        {
+        if self.session.as_ref().is_some_and(|s| s.last_used.elapsed() > timeout) {
             tracing::debug!("recycling idle session");
             self.reset();
         }
@@ -208,9 +189,7 @@ impl SessionWorker {
                 shared: self.shared.clone(),
             });
         }
-        self.session
-            .as_mut()
-            .ok_or_else(|| BackendError::Failed("no session".into()))
+        self.session.as_mut().ok_or_else(|| BackendError::Failed("no session".into()))
     }
 }
 
@@ -218,10 +197,7 @@ impl SessionWorker {
 pub fn panicked(request: &Request) -> WireResult {
     Err(WireError::new(
         ErrorCode::OperationFailed,
-        format!(
-            "internal error in '{}'; the session was reset",
-            request.op_name()
-        ),
+        format!("internal error in '{}'; the session was reset", request.op_name()),
     ))
 }
 

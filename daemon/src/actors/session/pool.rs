@@ -53,11 +53,7 @@ impl SessionPool {
         ops: Vec<Request>,
     ) -> Result<oneshot::Receiver<Vec<WireResult>>, WireError> {
         let (reply, rx) = oneshot::channel();
-        let work = Work {
-            ops,
-            admitted: Instant::now(),
-            reply,
-        };
+        let work = Work { ops, admitted: Instant::now(), reply };
         self.queue.try_send(work).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 WireError::new(ErrorCode::Busy, "the HSM queue is full; retry later")
@@ -82,10 +78,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Work>, addr: Addr<SessionActor>, in_fli
         if rx.recv_many(&mut batch, MAX_WORK_PER_BATCH).await == 0 {
             break;
         }
-        addr.do_send(ExecBatch {
-            work: std::mem::take(&mut batch),
-            permit,
-        });
+        addr.do_send(ExecBatch { work: std::mem::take(&mut batch), permit });
     }
     tracing::debug!("session pool dispatcher stopped");
 }

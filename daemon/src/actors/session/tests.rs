@@ -28,9 +28,7 @@ impl FlakySession {
         let left = self.fail_next.load(Ordering::SeqCst);
         if left > 0 {
             self.fail_next.store(left - 1, Ordering::SeqCst);
-            return Err(BackendError::SessionBroken(
-                "CKR_DEVICE_ERROR (injected)".into(),
-            ));
+            return Err(BackendError::SessionBroken("CKR_DEVICE_ERROR (injected)".into()));
         }
         Ok(())
     }
@@ -101,102 +99,58 @@ fn fixture(attempts: u32, session_timeout: Duration) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = SoftConfig {
         state_dir: dir.path().to_owned(),
-        kdf: KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        },
+        kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
     };
     let token = SoftToken::open(&cfg, &Zeroizing::new("pin".into())).expect("soft token");
     let fail_next = Arc::new(AtomicU32::new(0));
     let opened = Arc::new(AtomicU32::new(0));
-    let backend = Flaky {
-        inner: token,
-        fail_next: fail_next.clone(),
-        opened: opened.clone(),
-    };
+    let backend = Flaky { inner: token, fail_next: fail_next.clone(), opened: opened.clone() };
     let shared = Arc::new(PoolShared {
         backend: Arc::new(backend),
         max_sessions: 1,
         active: AtomicU32::new(0),
-        retry: RetryPolicy {
-            attempts,
-            delay: Duration::from_millis(1),
-        },
+        retry: RetryPolicy { attempts, delay: Duration::from_millis(1) },
         session_timeout,
         started: Instant::now(),
     });
-    Fixture {
-        _dir: dir,
-        fail_next,
-        opened,
-        worker: SessionWorker::new(shared),
-    }
+    Fixture { _dir: dir, fail_next, opened, worker: SessionWorker::new(shared) }
 }
 
 fn encrypt(key: &str) -> Request {
-    Request::Encrypt {
-        key: key.into(),
-        plaintext: b"hello".to_vec().into(),
-        aad: None,
-    }
+    Request::Encrypt { key: key.into(), plaintext: b"hello".to_vec().into(), aad: None }
 }
 
 #[test]
 fn faults_within_the_budget_are_invisible() {
     let mut f = fixture(3, Duration::from_secs(60));
-    f.worker
-        .execute(&Request::GenerateKey {
-            label: "k".into(),
-            size_bits: 256,
-        })
-        .expect("keygen");
+    f.worker.execute(&Request::GenerateKey { label: "k".into(), size_bits: 256 }).expect("keygen");
     f.fail_next.store(3, Ordering::SeqCst);
     let ct = match f.worker.execute(&encrypt("k")) {
         Ok(Response::Ciphertext(ct)) => ct,
         other => panic!("expected a ciphertext, got {other:?}"),
     };
-    assert_eq!(
-        f.opened.load(Ordering::SeqCst),
-        4,
-        "one open plus three reopens"
-    );
-    let back = f.worker.execute(&Request::Decrypt {
-        key: "k".into(),
-        ciphertext: ct,
-        aad: None,
-    });
+    assert_eq!(f.opened.load(Ordering::SeqCst), 4, "one open plus three reopens");
+    let back = f.worker.execute(&Request::Decrypt { key: "k".into(), ciphertext: ct, aad: None });
     assert!(matches!(back, Ok(Response::Plaintext(p)) if p.expose() == b"hello"));
 }
 
 #[test]
 fn faults_beyond_the_budget_give_session_invalid_then_recover() {
     let mut f = fixture(2, Duration::from_secs(60));
-    f.worker
-        .execute(&Request::GenerateKey {
-            label: "k".into(),
-            size_bits: 128,
-        })
-        .expect("keygen");
+    f.worker.execute(&Request::GenerateKey { label: "k".into(), size_bits: 128 }).expect("keygen");
     f.fail_next.store(10, Ordering::SeqCst);
     let err = f.worker.execute(&encrypt("k")).expect_err("budget spent");
     assert_eq!(err.code, ErrorCode::SessionInvalid);
     assert!(err.message.contains("3 attempts"), "{}", err.message);
     assert!(!f.worker.has_session(), "a broken session is not kept");
     f.fail_next.store(0, Ordering::SeqCst);
-    assert!(
-        f.worker.execute(&encrypt("k")).is_ok(),
-        "recovers once faults stop"
-    );
+    assert!(f.worker.execute(&encrypt("k")).is_ok(), "recovers once faults stop");
 }
 
 #[test]
 fn final_errors_are_not_retried() {
     let mut f = fixture(3, Duration::from_secs(60));
-    let err = f
-        .worker
-        .execute(&encrypt("missing"))
-        .expect_err("no such key");
+    let err = f.worker.execute(&encrypt("missing")).expect_err("no such key");
     assert_eq!(err.code, ErrorCode::KeyNotFound);
     assert_eq!(f.opened.load(Ordering::SeqCst), 1);
 }
@@ -209,11 +163,7 @@ fn idle_sessions_are_recycled() {
     assert_eq!(f.opened.load(Ordering::SeqCst), 1, "a busy session is kept");
     std::thread::sleep(Duration::from_millis(40));
     f.worker.execute(&Request::ListKeys).expect("list");
-    assert_eq!(
-        f.opened.load(Ordering::SeqCst),
-        2,
-        "an idle one is reopened"
-    );
+    assert_eq!(f.opened.load(Ordering::SeqCst), 2, "an idle one is reopened");
 }
 
 #[test]
@@ -240,9 +190,6 @@ fn health_reports_an_unreachable_token_without_failing() {
 #[test]
 fn non_session_requests_are_refused() {
     let mut f = fixture(0, Duration::from_secs(60));
-    let err = f
-        .worker
-        .execute(&Request::Ping)
-        .expect_err("not a session op");
+    let err = f.worker.execute(&Request::Ping).expect_err("not a session op");
     assert_eq!(err.code, ErrorCode::InvalidRequest);
 }

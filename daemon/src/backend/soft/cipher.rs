@@ -39,9 +39,7 @@ impl GcmKey {
             24 => GcmKey::Aes192(Box::new(Aes192Gcm::new_from_slice(material).map_err(bad)?)),
             32 => GcmKey::Aes256(Box::new(Aes256Gcm::new_from_slice(material).map_err(bad)?)),
             n => {
-                return Err(BackendError::Failed(format!(
-                    "unsupported AES key length {n}"
-                )));
+                return Err(BackendError::Failed(format!("unsupported AES key length {n}")));
             }
         })
     }
@@ -98,21 +96,12 @@ mod tests {
             let key = GcmKey::new(&vec![0x42; len]).expect("key");
             let ct = key.seal(b"attack at dawn", b"aad").expect("seal");
             assert_eq!(ct.len(), 14 + ciphertext::OVERHEAD);
-            assert_eq!(
-                key.open(&ct, b"aad").expect("open").as_slice(),
-                b"attack at dawn"
-            );
-            assert!(matches!(
-                key.open(&ct, b"other"),
-                Err(BackendError::IntegrityCheckFailed)
-            ));
+            assert_eq!(key.open(&ct, b"aad").expect("open").as_slice(), b"attack at dawn");
+            assert!(matches!(key.open(&ct, b"other"), Err(BackendError::IntegrityCheckFailed)));
             for i in 0..ct.len() {
                 let mut bad = ct.clone();
                 bad[i] ^= 1;
-                assert!(
-                    key.open(&bad, b"aad").is_err(),
-                    "flip at byte {i} of {len}-byte key"
-                );
+                assert!(key.open(&bad, b"aad").is_err(), "flip at byte {i} of {len}-byte key");
             }
         }
     }

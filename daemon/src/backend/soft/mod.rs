@@ -73,17 +73,11 @@ impl SoftToken {
         for k in stored {
             keys.insert(k.label.clone(), Arc::new(SoftKey::new(k)?));
         }
-        Ok(Arc::new(Self {
-            file,
-            keys: RwLock::new(keys),
-        }))
+        Ok(Arc::new(Self { file, keys: RwLock::new(keys) }))
     }
 
     fn key(&self, label: &str) -> BackendResult<Arc<SoftKey>> {
-        self.read()
-            .get(label)
-            .cloned()
-            .ok_or_else(|| BackendError::KeyNotFound(label.into()))
+        self.read().get(label).cloned().ok_or_else(|| BackendError::KeyNotFound(label.into()))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<SoftKey>>> {
@@ -114,9 +108,7 @@ impl Backend for Arc<SoftToken> {
     }
 
     fn open_session(&self) -> BackendResult<Box<dyn BackendSession>> {
-        Ok(Box::new(SoftSession {
-            token: Arc::clone(self),
-        }))
+        Ok(Box::new(SoftSession { token: Arc::clone(self) }))
     }
 
     fn token_info(&self) -> TokenInfo {
@@ -158,10 +150,8 @@ impl BackendSession for SoftSession {
         }
         let material = random_bytes(attributes.size_bits as usize / 8)?;
         let id = random_bytes(16)?.to_vec();
-        let created_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let key = Arc::new(SoftKey::new(StoredKey {
             label: label.into(),
             id,
@@ -187,9 +177,7 @@ impl BackendSession for SoftSession {
     fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
         let k = self.token.key(key)?;
         if !k.stored.attributes.encrypt {
-            return Err(BackendError::NotPermitted(format!(
-                "key '{key}' may not encrypt"
-            )));
+            return Err(BackendError::NotPermitted(format!("key '{key}' may not encrypt")));
         }
         k.gcm.seal(plaintext, aad)
     }
@@ -197,18 +185,14 @@ impl BackendSession for SoftSession {
     fn decrypt(&mut self, key: &str, ciphertext: &[u8], aad: &[u8]) -> BackendResult<SecretBytes> {
         let k = self.token.key(key)?;
         if !k.stored.attributes.decrypt {
-            return Err(BackendError::NotPermitted(format!(
-                "key '{key}' may not decrypt"
-            )));
+            return Err(BackendError::NotPermitted(format!("key '{key}' may not decrypt")));
         }
         Ok(k.gcm.open(ciphertext, aad)?.into())
     }
 
     fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
         self.token.mutate(|keys| {
-            keys.remove(label)
-                .map(|_| ())
-                .ok_or_else(|| BackendError::KeyNotFound(label.into()))
+            keys.remove(label).map(|_| ()).ok_or_else(|| BackendError::KeyNotFound(label.into()))
         })
     }
 

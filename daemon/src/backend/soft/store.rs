@@ -81,11 +81,7 @@ impl KdfParams {
 impl Default for KdfParams {
     /// OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -145,10 +141,7 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
 /// An open key store: knows its file and holds the PIN-derived key.
@@ -168,11 +161,7 @@ impl KeyStoreFile {
         params: KdfParams,
     ) -> Result<(Self, Vec<StoredKey>), StoreError> {
         // Private: the directory holds the (encrypted) keys and, in dev mode, the PIN.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -181,8 +170,7 @@ impl KeyStoreFile {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        lock.try_lock()
-            .map_err(|_| StoreError::Locked(dir.to_owned()))?;
+        lock.try_lock().map_err(|_| StoreError::Locked(dir.to_owned()))?;
 
         let path = dir.join(STORE_FILE);
         match fs::read(&path) {
@@ -207,10 +195,8 @@ impl KeyStoreFile {
         pin: &[u8],
         lock: File,
     ) -> Result<(Self, Vec<StoredKey>), StoreError> {
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            path: path.clone(),
-            reason: reason.into(),
-        };
+        let corrupt =
+            |reason: &str| StoreError::Corrupt { path: path.clone(), reason: reason.into() };
         if bytes.len() < HEADER_LEN + TAG_LEN {
             return Err(corrupt("file too short"));
         }
@@ -218,19 +204,13 @@ impl KeyStoreFile {
             return Err(corrupt("bad magic"));
         }
         if bytes[8] != FORMAT {
-            return Err(corrupt(&format!(
-                "format version {} is not supported",
-                bytes[8]
-            )));
+            return Err(corrupt(&format!("format version {} is not supported", bytes[8])));
         }
         let u32_at = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
-        let params = KdfParams {
-            memory_kib: u32_at(9),
-            iterations: u32_at(13),
-            parallelism: u32_at(17),
-        };
+        let params =
+            KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
         let mut salt = [0u8; SALT_LEN];
         salt.copy_from_slice(&bytes[21..21 + SALT_LEN]);
         let store = Self::with_params(path.clone(), params, salt, pin, lock)?;
@@ -261,23 +241,13 @@ impl KeyStoreFile {
         pin: &[u8],
         lock: File,
     ) -> Result<Self, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: path.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
         params.check().map_err(&corrupt)?;
-        let argon_params = argon2::Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.parallelism,
-            Some(32),
-        )
-        .map_err(|e| corrupt(format!("bad Argon2 parameters: {e}")))?;
-        let argon = argon2::Argon2::new(
-            argon2::Algorithm::Argon2id,
-            argon2::Version::V0x13,
-            argon_params,
-        );
+        let argon_params =
+            argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
+                .map_err(|e| corrupt(format!("bad Argon2 parameters: {e}")))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
         let mut key = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(pin, &salt, key.as_mut_slice())
@@ -292,12 +262,7 @@ impl KeyStoreFile {
         header_fixed[13..17].copy_from_slice(&params.iterations.to_le_bytes());
         header_fixed[17..21].copy_from_slice(&params.parallelism.to_le_bytes());
         header_fixed[21..].copy_from_slice(&salt);
-        Ok(Self {
-            path,
-            header_fixed,
-            cipher,
-            _lock: lock,
-        })
+        Ok(Self { path, header_fixed, cipher, _lock: lock })
     }
 
     /// The store file's path.
@@ -307,16 +272,10 @@ impl KeyStoreFile {
 
     /// Replaces the store's contents with `keys`, atomically and durably.
     pub fn save(&self, keys: &[StoredKey]) -> Result<(), StoreError> {
-        let contents = Contents {
-            keys: keys.to_vec(),
-        };
+        let contents = Contents { keys: keys.to_vec() };
         let mut sealed = Zeroizing::new(
-            bincode::serde::encode_to_vec(&contents, bincode::config::standard()).map_err(|e| {
-                StoreError::Seal {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
+            bincode::serde::encode_to_vec(&contents, bincode::config::standard())
+                .map_err(|e| StoreError::Seal { path: self.path.clone(), reason: e.to_string() })?,
         );
         drop(contents);
         let mut nonce_bytes = [0u8; NONCE_LEN];
@@ -362,9 +321,7 @@ impl KeyStoreFile {
             return Err(io_err(&self.path)(e));
         }
         if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
         }
         Ok(())
     }
@@ -375,11 +332,7 @@ mod tests {
     use super::*;
 
     fn fast() -> KdfParams {
-        KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
     }
 
     fn key(label: &str) -> StoredKey {
@@ -402,14 +355,8 @@ mod tests {
             store.save(&[key("alpha"), key("beta")]).expect("save");
         }
         let raw = fs::read(dir.path().join(STORE_FILE)).expect("read");
-        assert!(
-            !raw.windows(5).any(|w| w == b"alpha"),
-            "labels must be encrypted at rest"
-        );
-        assert!(
-            !raw.windows(32).any(|w| w == [7; 32]),
-            "key material must be encrypted at rest"
-        );
+        assert!(!raw.windows(5).any(|w| w == b"alpha"), "labels must be encrypted at rest");
+        assert!(!raw.windows(32).any(|w| w == [7; 32]), "key material must be encrypted at rest");
         let (_store, keys) =
             KeyStoreFile::open_or_create(dir.path(), b"1234", fast()).expect("reopen");
         let labels: Vec<_> = keys.iter().map(|k| k.label.as_str()).collect();
@@ -421,23 +368,17 @@ mod tests {
     fn wrong_pin_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(KeyStoreFile::open_or_create(dir.path(), b"right", fast()).expect("create"));
-        let err = KeyStoreFile::open_or_create(dir.path(), b"wrong", fast())
-            .err()
-            .expect("must fail");
+        let err =
+            KeyStoreFile::open_or_create(dir.path(), b"wrong", fast()).err().expect("must fail");
         assert!(matches!(err, StoreError::WrongPin(_)), "{err}");
-        assert!(
-            !err.to_string().contains("wrong\""),
-            "the PIN must not appear: {err}"
-        );
+        assert!(!err.to_string().contains("wrong\""), "the PIN must not appear: {err}");
     }
 
     #[test]
     fn second_opener_is_locked_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).expect("create");
-        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast())
-            .err()
-            .expect("locked");
+        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).err().expect("locked");
         assert!(matches!(err, StoreError::Locked(_)), "{err}");
     }
 
@@ -457,9 +398,7 @@ mod tests {
         fs::write(&path, &flipped).expect("write");
         assert!(KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).is_err());
         fs::write(&path, &good[..20]).expect("write");
-        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast())
-            .err()
-            .expect("short");
+        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).err().expect("short");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 
@@ -471,9 +410,7 @@ mod tests {
         let mut bytes = fs::read(&path).expect("read");
         bytes[9..13].copy_from_slice(&u32::MAX.to_le_bytes()); // m = 4 TiB
         fs::write(&path, &bytes).expect("write");
-        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast())
-            .err()
-            .expect("refused");
+        let err = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).err().expect("refused");
         assert!(err.to_string().contains("Argon2id costs"), "{err}");
     }
 
