@@ -169,8 +169,8 @@ fn hostile_input_never_hurts_the_daemon_or_other_clients() {
         Some(ResponseFrame { id: 64, result: Ok(Response::Pong) })
     ));
 
-    // A connection that never says anything is dropped after the handshake timeout; it
-    // does not block anyone meanwhile.
+    // A connection that never says anything (the daemon drops it after a 10 s handshake
+    // timeout) does not block anyone meanwhile.
     let _silent = raw(&d);
     bystander_works(&bystander);
 
