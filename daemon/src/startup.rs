@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::pkcs11::Pkcs11Backend;
 use crate::backend::soft::SoftToken;
 use crate::backend::{Backend, BackendError};
 use crate::config::{BackendSettings, ConfigError, Settings};
@@ -43,6 +44,19 @@ pub fn open_backend(settings: &Settings) -> Result<Arc<dyn Backend>, StartupErro
             let token = SoftToken::open(soft, &pin)
                 .map_err(|source| StartupError::Backend { backend: "soft", source })?;
             Ok(Arc::new(token))
+        }
+        BackendSettings::Pkcs11(config) => {
+            let pin = settings.pin.load()?;
+            let backend = Pkcs11Backend::open(config.clone(), pin)
+                .map_err(|source| StartupError::Backend { backend: "pkcs11", source })?;
+            Ok(Arc::new(backend))
+        }
+        BackendSettings::CloudHsm(profile) => {
+            tracing::info!(command = ?profile.configure_command(), "CloudHSM client configuration");
+            let pin = profile.login_pin(&settings.pin.load()?);
+            let backend = Pkcs11Backend::open(profile.pkcs11(), pin)
+                .map_err(|source| StartupError::Backend { backend: "cloudhsm", source })?;
+            Ok(Arc::new(backend))
         }
     }
 }

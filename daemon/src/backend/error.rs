@@ -43,6 +43,9 @@ pub enum BackendError {
     /// Persisting key state failed; nothing was changed.
     #[error("key store: {0}")]
     Storage(String),
+    /// The backend could not start (module, token, PIN); the message says exactly why.
+    #[error("{0}")]
+    Startup(String),
     /// Anything else the token reported.
     #[error("operation failed: {0}")]
     Failed(String),
@@ -64,7 +67,7 @@ impl BackendError {
             BackendError::NotPermitted(_) => ErrorCode::PermissionDenied,
             BackendError::IntegrityCheckFailed => ErrorCode::IntegrityCheckFailed,
             BackendError::Unsupported(_) => ErrorCode::Unsupported,
-            BackendError::NotInitialized(_) => ErrorCode::NotInitialized,
+            BackendError::NotInitialized(_) | BackendError::Startup(_) => ErrorCode::NotInitialized,
             BackendError::SessionBroken(_) | BackendError::RetriesExhausted { .. } => {
                 ErrorCode::SessionInvalid
             }

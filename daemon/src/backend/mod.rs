@@ -9,6 +9,7 @@
 //! two traits.
 
 pub mod error;
+pub mod pkcs11;
 pub mod soft;
 
 use harpocrates_protocol::{KeyAttributes, KeyInfo, SecretBytes, TokenInfo};

@@ -3,6 +3,7 @@
 //! validation error names the field it is about.
 
 pub mod cli;
+pub mod cloudhsm;
 pub mod pin;
 pub mod raw;
 
@@ -12,10 +13,12 @@ use std::time::Duration;
 use harpocrates_protocol::{DEFAULT_MAX_FRAME, MAX_FRAME_CEILING, paths};
 
 use crate::actors::session::RetryPolicy;
+use crate::backend::pkcs11::{Pkcs11Config, TokenChoice, uri};
 use crate::backend::soft::SoftConfig;
 use crate::backend::soft::store::KdfParams;
 
 pub use cli::Args;
+pub use cloudhsm::CloudHsmProfile;
 pub use pin::PinSource;
 pub use raw::RawConfig;
 
@@ -60,6 +63,10 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 pub enum BackendSettings {
     /// The embedded soft token.
     Soft(SoftConfig),
+    /// A PKCS#11 module.
+    Pkcs11(Pkcs11Config),
+    /// AWS CloudHSM (a PKCS#11 module with a `user:password` login).
+    CloudHsm(CloudHsmProfile),
 }
 
 impl BackendSettings {
@@ -67,6 +74,8 @@ impl BackendSettings {
     pub fn name(&self) -> &'static str {
         match self {
             BackendSettings::Soft(_) => "soft",
+            BackendSettings::Pkcs11(_) => "pkcs11",
+            BackendSettings::CloudHsm(_) => "cloudhsm",
         }
     }
 }
@@ -157,7 +166,7 @@ impl Settings {
     }
 
     /// Checks every field and fills in defaults.
-    pub fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+    pub fn validate(mut raw: RawConfig) -> Result<Self, ConfigError> {
         let socket_mode = match raw.socket_mode.as_deref() {
             None => 0o660,
             Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -191,13 +200,28 @@ impl Settings {
                     kdf,
                 })
             }
+            "pkcs11" => BackendSettings::Pkcs11(pkcs11_config(raw.pkcs11)?),
+            "cloudhsm" => {
+                let section = raw.cloudhsm.ok_or_else(|| {
+                    invalid("cloudhsm", "backend = \"cloudhsm\" needs a [cloudhsm] section")
+                })?;
+                let profile = CloudHsmProfile::from_raw(section)?;
+                if let Some(n) = profile.max_sessions {
+                    raw.max_sessions.get_or_insert(n);
+                }
+                BackendSettings::CloudHsm(profile)
+            }
             other => {
                 return Err(invalid(
                     "backend",
-                    format!("{other:?} is not a known backend (known: \"soft\")"),
+                    format!(
+                        "{other:?} is not a known backend (known: \"soft\", \"pkcs11\", \"cloudhsm\")"
+                    ),
                 ));
             }
         };
+        // A software token is fastest with few sessions; hardware tokens serve many.
+        let default_sessions = if matches!(backend, BackendSettings::Soft(_)) { 2 } else { 10 };
         Ok(Self {
             socket_path: raw.socket_path.unwrap_or_else(|| PathBuf::from(paths::SYSTEM_SOCKET)),
             socket_mode,
@@ -211,7 +235,8 @@ impl Settings {
                 raw.shutdown_timeout.as_deref(),
                 Duration::from_secs(10),
             )?,
-            max_sessions: bounded("max_sessions", raw.max_sessions, 2, 1, 1024)? as u32,
+            max_sessions: bounded("max_sessions", raw.max_sessions, default_sessions, 1, 1024)?
+                as u32,
             session_timeout: duration(
                 "session_timeout",
                 raw.session_timeout.as_deref(),
@@ -227,6 +252,34 @@ impl Settings {
             dev: false,
         })
     }
+}
+
+/// Checks `[pkcs11]`: a module, and exactly one way to pick the token.
+fn pkcs11_config(raw: Option<raw::RawPkcs11>) -> Result<Pkcs11Config, ConfigError> {
+    let raw =
+        raw.ok_or_else(|| invalid("pkcs11", "backend = \"pkcs11\" needs a [pkcs11] section"))?;
+    let selectors = [raw.slot_id.is_some(), raw.token_label.is_some(), raw.uri.is_some()];
+    if selectors.iter().filter(|s| **s).count() != 1 {
+        return Err(invalid(
+            "pkcs11.token_label",
+            "set exactly one of slot_id, token_label or uri",
+        ));
+    }
+    let mut module_from_uri = None;
+    let token = if let Some(id) = raw.slot_id {
+        TokenChoice::SlotId(id)
+    } else if let Some(label) = raw.token_label {
+        TokenChoice::Match(uri::TokenSelector { token: Some(label), ..Default::default() })
+    } else {
+        let text = raw.uri.unwrap_or_default();
+        let sel = uri::parse(&text).map_err(|e| invalid("pkcs11.uri", format!("{text:?}: {e}")))?;
+        module_from_uri = sel.module_path.clone().map(PathBuf::from);
+        TokenChoice::Match(sel)
+    };
+    let library_path = raw.library_path.or(module_from_uri).ok_or_else(|| {
+        invalid("pkcs11.library_path", "is required (the vendor's PKCS#11 module)")
+    })?;
+    Ok(Pkcs11Config { library_path, token, name: "pkcs11" })
 }
 
 /// Reads and parses a TOML file.
@@ -335,7 +388,7 @@ mod tests {
         assert_eq!((s.socket_mode, s.max_sessions), (0o600, 4));
         assert_eq!(s.retry.delay, Duration::from_millis(250));
         assert_eq!(s.pin.env.as_deref(), Some("MY_PIN"));
-        let BackendSettings::Soft(soft) = s.backend;
+        let BackendSettings::Soft(soft) = s.backend else { panic!("soft backend expected") };
         assert_eq!(soft.state_dir, Path::new("/tmp/state"));
         assert_eq!(soft.kdf.memory_kib, 1024);
     }
@@ -354,6 +407,55 @@ mod tests {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(field), "{text:?} gave {err:?}");
         }
+    }
+
+    #[test]
+    fn pkcs11_needs_a_module_and_one_token_selector() {
+        let s =
+            parse("backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = \"/m.so\"\ntoken_label = \"t\"")
+                .expect("valid");
+        assert_eq!(s.max_sessions, 10, "hardware default");
+        let BackendSettings::Pkcs11(p) = s.backend else { panic!("pkcs11 expected") };
+        assert_eq!(
+            p.token,
+            TokenChoice::Match(uri::TokenSelector {
+                token: Some("t".into()),
+                ..Default::default()
+            })
+        );
+        let s = parse(
+            "backend = \"pkcs11\"\n[pkcs11]\nuri = \"pkcs11:token=vault-token?module-path=/x.so\"",
+        )
+        .expect("valid");
+        let BackendSettings::Pkcs11(p) = s.backend else { panic!("pkcs11 expected") };
+        assert_eq!(p.library_path, Path::new("/x.so"));
+        for (text, field) in [
+            ("backend = \"pkcs11\"", "pkcs11"),
+            ("backend = \"pkcs11\"\n[pkcs11]\ntoken_label = \"t\"", "pkcs11.library_path"),
+            ("backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = \"/m.so\"", "pkcs11.token_label"),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = \"/m.so\"\nslot_id = 1\ntoken_label = \"t\"",
+                "pkcs11.token_label",
+            ),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = \"/m.so\"\nuri = \"token=t\"",
+                "pkcs11.uri",
+            ),
+            ("backend = \"cloudhsm\"", "cloudhsm"),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(field), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn cloudhsm_profile_sets_the_pool_size() {
+        let s = parse(
+            "backend = \"cloudhsm\"\n[cloudhsm]\ncluster_id = \"c\"\nhsm_ca_file = \"/ca\"\nhsm_user = \"u\"\nregion = \"r\"\nmax_sessions = 6",
+        )
+        .expect("valid");
+        assert_eq!(s.max_sessions, 6);
+        assert!(matches!(s.backend, BackendSettings::CloudHsm(_)));
     }
 
     #[test]

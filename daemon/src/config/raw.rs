@@ -42,6 +42,45 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// The soft token's settings.
     pub soft: Option<RawSoft>,
+    /// PKCS#11 module and token.
+    pub pkcs11: Option<RawPkcs11>,
+    /// AWS CloudHSM profile (translated to PKCS#11 settings).
+    pub cloudhsm: Option<RawCloudHsm>,
+}
+
+/// `[pkcs11]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPkcs11 {
+    /// The vendor's PKCS#11 module (`.so`).
+    pub library_path: Option<PathBuf>,
+    /// Select the token by slot number.
+    pub slot_id: Option<u64>,
+    /// Select the token by label.
+    pub token_label: Option<String>,
+    /// Select the token by PKCS#11 URI (RFC 7512), e.g. `pkcs11:token=vault-token`.
+    pub uri: Option<String>,
+}
+
+/// `[cloudhsm]`: the AWS CloudHSM PKCS#11 library, logging in as `hsm_user` with the
+/// password from the PIN sources (`user:password` is what the library expects).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudHsm {
+    /// Cluster id, for `configure-pkcs11 --cluster-id`.
+    pub cluster_id: Option<String>,
+    /// The cluster's issuing CA certificate.
+    pub hsm_ca_file: Option<PathBuf>,
+    /// Crypto user name.
+    pub hsm_user: Option<String>,
+    /// Refused: the password belongs in `pin_file`, `pin_env` or `pin_credential`.
+    pub hsm_password: Option<String>,
+    /// AWS region.
+    pub region: Option<String>,
+    /// Session pool size (overrides the top-level `max_sessions`).
+    pub max_sessions: Option<u64>,
+    /// The CloudHSM PKCS#11 library (default `/opt/cloudhsm/lib/libcloudhsm_pkcs11.so`).
+    pub library_path: Option<PathBuf>,
 }
 
 /// `[soft]`.

@@ -1,0 +1,265 @@
+//! One logged-in PKCS#11 session and the operations on it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use harpocrates_protocol::{KeyAlgorithm, KeyAttributes, KeyInfo, SecretBytes};
+use zeroize::Zeroizing;
+
+use super::errors::{self, Recovery};
+use super::{CachedKey, Shared, login, read, write};
+use crate::backend::{BackendError, BackendResult, BackendSession};
+use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
+
+const KEY_ATTRIBUTES: [AttributeType; 10] = [
+    AttributeType::Label,
+    AttributeType::Id,
+    AttributeType::KeyType,
+    AttributeType::ValueLen,
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::Encrypt,
+    AttributeType::Decrypt,
+    AttributeType::Wrap,
+    AttributeType::Unwrap,
+];
+
+/// A session actor's PKCS#11 session.
+pub struct Pkcs11Session {
+    shared: Arc<Shared>,
+    session: Session,
+    generation: u64,
+}
+
+impl Pkcs11Session {
+    /// Opens a read-write session on the token and makes sure the user is logged in.
+    pub(crate) fn open(shared: Arc<Shared>) -> BackendResult<Self> {
+        let generation = shared.generation.load(Ordering::Acquire);
+        let slot = *read(&shared.slot);
+        let opened = shared.ctx.open_rw_session(slot).and_then(|session| {
+            login(&shared, &session)?;
+            Ok(session)
+        });
+        match opened {
+            Ok(session) => Ok(Self { shared, session, generation }),
+            Err(e) => {
+                if let CkError::Pkcs11(rv, _) = e
+                    && errors::recovery(rv) == Recovery::Reinitialize
+                {
+                    shared.reinitialize(generation);
+                }
+                Err(errors::map(e, "open session"))
+            }
+        }
+    }
+
+    /// Maps an error, repairing the module first when the error says it lost its state.
+    fn fail(&self, e: CkError, what: &str) -> BackendError {
+        if let CkError::Pkcs11(rv, _) = e
+            && errors::recovery(rv) == Recovery::Reinitialize
+        {
+            self.shared.reinitialize(self.generation);
+        }
+        errors::map(e, what)
+    }
+
+    /// Finds a secret key by label on the token (slow: C_FindObjects).
+    fn find(&self, label: &str) -> BackendResult<Option<CachedKey>> {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let handles = self.session.find_objects(&template).map_err(|e| self.fail(e, "find key"))?;
+        let Some(handle) = handles.first().copied() else { return Ok(None) };
+        if handles.len() > 1 {
+            tracing::warn!(
+                label,
+                count = handles.len(),
+                "several keys share this label; using the first"
+            );
+        }
+        Ok(self.describe(handle)?.map(|info| CachedKey { handle, info }))
+    }
+
+    /// Reads a key's attributes; `None` for key types we do not serve.
+    fn describe(&self, handle: ObjectHandle) -> BackendResult<Option<KeyInfo>> {
+        let attrs = self
+            .session
+            .get_attributes(handle, &KEY_ATTRIBUTES)
+            .map_err(|e| self.fail(e, "read key attributes"))?;
+        let mut label = None;
+        let mut info = KeyInfo {
+            handle: String::new().into(),
+            algorithm: KeyAlgorithm::Aes,
+            attributes: KeyAttributes {
+                size_bits: 0,
+                extractable: false,
+                sensitive: false,
+                encrypt: false,
+                decrypt: false,
+                wrap: false,
+                unwrap: false,
+            },
+            id: Vec::new(),
+        };
+        let mut known_type = false;
+        for a in attrs {
+            let at = &mut info.attributes;
+            match a {
+                Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                Attribute::Id(id) => info.id = id,
+                Attribute::KeyType(t) if t == KeyType::AES => known_type = true,
+                Attribute::KeyType(t) if t == KeyType::GENERIC_SECRET => {
+                    info.algorithm = KeyAlgorithm::GenericSecret;
+                    known_type = true;
+                }
+                Attribute::ValueLen(n) => {
+                    at.size_bits = u32::try_from(u64::from(*n) * 8).unwrap_or(0)
+                }
+                Attribute::Sensitive(b) => at.sensitive = b,
+                Attribute::Extractable(b) => at.extractable = b,
+                Attribute::Encrypt(b) => at.encrypt = b,
+                Attribute::Decrypt(b) => at.decrypt = b,
+                Attribute::Wrap(b) => at.wrap = b,
+                Attribute::Unwrap(b) => at.unwrap = b,
+                _ => {}
+            }
+        }
+        let Some(label) = label.filter(|_| known_type) else { return Ok(None) };
+        info.handle = label.into();
+        Ok(Some(info))
+    }
+
+    /// The cached handle for `label`, looked up once.
+    fn key(&self, label: &str) -> BackendResult<CachedKey> {
+        if let Some(k) = read(&self.shared.keys).get(label) {
+            return Ok(k.clone());
+        }
+        let found = self.find(label)?.ok_or_else(|| BackendError::KeyNotFound(label.into()))?;
+        write(&self.shared.keys).insert(label.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Runs `op` with the key's handle; a handle another process invalidated (the key was
+    /// destroyed, or re-created) is looked up once more.
+    fn with_key<T>(
+        &self,
+        label: &str,
+        what: &str,
+        op: impl Fn(&Session, &CachedKey) -> Result<T, CkError>,
+    ) -> BackendResult<T> {
+        let key = self.key(label)?;
+        match op(&self.session, &key) {
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                write(&self.shared.keys).remove(label);
+                let key = self.key(label)?;
+                op(&self.session, &key).map_err(|e| self.fail(e, what))
+            }
+            other => other.map_err(|e| self.fail(e, what)),
+        }
+    }
+
+    fn random_iv(&self) -> BackendResult<[u8; IV_LEN]> {
+        let mut iv = [0u8; IV_LEN];
+        self.session.generate_random_slice(&mut iv).map_err(|e| self.fail(e, "generate IV"))?;
+        Ok(iv)
+    }
+}
+
+impl BackendSession for Pkcs11Session {
+    fn generate_random(&mut self, len: usize) -> BackendResult<SecretBytes> {
+        let mut buf = Zeroizing::new(vec![0u8; len]);
+        if len > 0 {
+            self.session
+                .generate_random_slice(&mut buf)
+                .map_err(|e| self.fail(e, "generate random"))?;
+        }
+        Ok(buf.into())
+    }
+
+    fn generate_key(&mut self, label: &str, a: &KeyAttributes) -> BackendResult<KeyInfo> {
+        if self.find(label)?.is_some() {
+            return Err(BackendError::KeyExists(label.into()));
+        }
+        let mut id = vec![0u8; 16];
+        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen((u64::from(a.size_bits) / 8).into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.clone()),
+            Attribute::Sensitive(a.sensitive),
+            Attribute::Extractable(a.extractable),
+            Attribute::Encrypt(a.encrypt),
+            Attribute::Decrypt(a.decrypt),
+            Attribute::Wrap(a.wrap),
+            Attribute::Unwrap(a.unwrap),
+        ];
+        let handle = self
+            .session
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .map_err(|e| self.fail(e, "generate key"))?;
+        let info =
+            KeyInfo { handle: label.into(), algorithm: KeyAlgorithm::Aes, attributes: *a, id };
+        write(&self.shared.keys).insert(label.to_owned(), CachedKey { handle, info: info.clone() });
+        Ok(info)
+    }
+
+    fn list_keys(&mut self) -> BackendResult<Vec<KeyInfo>> {
+        let handles = self
+            .session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .map_err(|e| self.fail(e, "list keys"))?;
+        let mut keys = Vec::with_capacity(handles.len());
+        for handle in handles {
+            if let Some(info) = self.describe(handle)? {
+                keys.push(info);
+            }
+        }
+        keys.sort_by(|a, b| a.handle.cmp(&b.handle));
+        Ok(keys)
+    }
+
+    fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
+        let iv = self.random_iv()?;
+        let gcm_aad = ciphertext::gcm_aad(aad);
+        let sealed = self.with_key(key, "encrypt", |s, k| {
+            let mut iv = iv;
+            let params = GcmParams::new(&mut iv, &gcm_aad, ((TAG_LEN * 8) as u64).into())?;
+            s.encrypt(&Mechanism::AesGcm(params), k.handle, plaintext)
+        })?;
+        let mut out = ciphertext::begin(&iv, plaintext.len());
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn decrypt(&mut self, key: &str, ct: &[u8], aad: &[u8]) -> BackendResult<SecretBytes> {
+        let parsed =
+            ciphertext::parse(ct).map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
+        let gcm_aad = ciphertext::gcm_aad(aad);
+        let plain = self.with_key(key, "decrypt", |s, k| {
+            let mut iv = *parsed.iv;
+            let params = GcmParams::new(&mut iv, &gcm_aad, ((TAG_LEN * 8) as u64).into())?;
+            s.decrypt(&Mechanism::AesGcm(params), k.handle, parsed.sealed)
+        })?;
+        Ok(SecretBytes::new(plain))
+    }
+
+    fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
+        self.with_key(label, "destroy key", |s, k| s.destroy_object(k.handle))?;
+        write(&self.shared.keys).remove(label);
+        Ok(())
+    }
+
+    fn probe(&mut self) -> BackendResult<()> {
+        self.session.get_session_info().map(|_| ()).map_err(|e| self.fail(e, "probe"))
+    }
+}
