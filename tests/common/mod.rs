@@ -14,6 +14,93 @@ use std::time::{Duration, Instant};
 /// The PIN every fixture token uses; tests check that it never shows up in output.
 pub const PIN: &str = "fixture-pin-7f3a9c";
 
+/// The SoftHSM2 module, as Debian installs it.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Label of the fixture's SoftHSM2 token.
+pub const TOKEN_LABEL: &str = "harpocrates-test";
+
+/// Which token a fixture daemon serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// The embedded soft token.
+    Soft,
+    /// A fresh SoftHSM2 token through the PKCS#11 backend.
+    SoftHsm,
+}
+
+/// A private SoftHSM2 installation: its own configuration and token directory.
+pub struct SoftHsm {
+    /// `SOFTHSM2_CONF` for every process that should see these tokens.
+    pub conf: PathBuf,
+}
+
+impl SoftHsm {
+    /// Creates the directory layout and initialises one token labelled `label` with
+    /// user PIN [`PIN`].
+    pub fn init(dir: &Path, label: &str) -> Self {
+        assert!(
+            Path::new(SOFTHSM2_MODULE).exists(),
+            "{SOFTHSM2_MODULE} is missing: install SoftHSM2 (apt-get install softhsm2), as .ci/run does"
+        );
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        let hsm = Self { conf };
+        hsm.init_token(label);
+        hsm
+    }
+
+    /// Initialises another token in the first free slot.
+    pub fn init_token(&self, label: &str) {
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                PIN,
+                "--so-pin",
+                "fixture-so-pin",
+            ])
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("softhsm2-util (install softhsm2)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs OpenSC's `pkcs11-tool` against these tokens.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(SOFTHSM2_MODULE)
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("pkcs11-tool (install opensc)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pkcs11-tool {args:?} failed: {text}");
+        text
+    }
+}
+
 /// Path of a binary built by this workspace (`cargo test --workspace` builds them).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -32,6 +119,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The SoftHSM2 installation, for `Token::SoftHsm` daemons.
+    pub softhsm: Option<SoftHsm>,
     child: Option<Child>,
     extra_config: String,
     /// Everything every run of the daemon printed, drained continuously so a chatty
@@ -41,19 +130,28 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon with the default fixture configuration.
+    /// Starts a daemon on the soft token with the default fixture configuration.
     pub fn start() -> Self {
-        Self::start_with("")
+        Self::start_on(Token::Soft, "")
     }
 
-    /// Starts a daemon; `extra_config` is appended to the top level of its TOML config.
+    /// Starts a soft-token daemon; `extra_config` goes to the top level of its config.
     pub fn start_with(extra_config: &str) -> Self {
+        Self::start_on(Token::Soft, extra_config)
+    }
+
+    /// Starts a daemon serving `token`; `extra_config` goes to the top level of its
+    /// TOML configuration.
+    pub fn start_on(token: Token, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
         std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).expect("pin file");
+        let softhsm = (token == Token::SoftHsm)
+            .then(|| SoftHsm::init(&dir.path().join("softhsm"), TOKEN_LABEL));
         let mut d = Daemon {
             dir,
             socket,
+            softhsm,
             child: None,
             extra_config: extra_config.to_owned(),
             output: Arc::default(),
@@ -70,14 +168,25 @@ impl Daemon {
     }
 
     fn write_config(&self) {
+        let backend = if self.softhsm.is_some() {
+            format!(
+                "backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = {SOFTHSM2_MODULE:?}\ntoken_label = {TOKEN_LABEL:?}\n"
+            )
+        } else {
+            "[soft]\nkdf_memory_kib = 256\nkdf_iterations = 1\n".to_owned()
+        };
         let text = format!(
             "{extra}\nsocket_path = {socket:?}\npin_file = {pin:?}\nlog_level = \"debug\"\n\
-             retry_delay = \"10ms\"\n[soft]\nstate_dir = {state:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
+             retry_delay = \"10ms\"\n{backend}",
             extra = self.extra_config,
             socket = self.socket,
             pin = self.dir.path().join("pin"),
-            state = self.dir.path().join("state"),
         );
+        let text = if self.softhsm.is_some() {
+            text
+        } else {
+            format!("{text}state_dir = {:?}\n", self.dir.path().join("state"))
+        };
         std::fs::write(self.config_path(), text).expect("config");
     }
 
@@ -92,6 +201,12 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &notify_path)
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
+            .env(
+                "SOFTHSM2_CONF",
+                self.softhsm
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from("/nonexistent"), |h| h.conf.clone()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

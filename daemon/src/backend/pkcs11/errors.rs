@@ -4,6 +4,7 @@
 //! retries) versus final. Some transient errors also mean the module itself lost the
 //! token or its state; those ask for the library to be re-initialised.
 
+use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 
 use crate::backend::BackendError;
@@ -63,6 +64,9 @@ pub fn map(e: Error, what: &str) -> BackendError {
     }
     match rv {
         EncryptedDataInvalid | EncryptedDataLenRange => BackendError::IntegrityCheckFailed,
+        // SoftHSM2 up to 2.6 reports a failed GCM tag check as CKR_GENERAL_ERROR
+        // (SoftHSMv2 issue #689); our only C_Decrypt is authenticated AES-GCM.
+        GeneralError if matches!(function, Function::Decrypt) => BackendError::IntegrityCheckFailed,
         KeyFunctionNotPermitted
         | KeyUnextractable
         | KeyNotWrappable
@@ -94,7 +98,6 @@ pub fn map(e: Error, what: &str) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cryptoki::context::Function;
 
     #[test]
     fn names_read_like_the_standard() {
@@ -130,6 +133,12 @@ mod tests {
         assert_eq!(code(RvError::ArgumentsBad), ErrorCode::InvalidRequest);
         assert_eq!(code(RvError::PinIncorrect), ErrorCode::NotInitialized);
         assert_eq!(code(RvError::KeyHandleInvalid), ErrorCode::KeyNotFound);
-        assert_eq!(code(RvError::GeneralError), ErrorCode::OperationFailed);
+        assert_eq!(
+            code(RvError::GeneralError),
+            ErrorCode::IntegrityCheckFailed,
+            "SoftHSM2's tag failure"
+        );
+        let keygen = map(Error::Pkcs11(RvError::GeneralError, Function::GenerateKey), "keygen");
+        assert_eq!(keygen.code(), ErrorCode::OperationFailed);
     }
 }
