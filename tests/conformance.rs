@@ -182,6 +182,73 @@ async fn concurrent_clients_get_their_own_answers(token: Token) {
     }
 }
 
+async fn backups_restore_extractable_keys_only(token: Token) {
+    let d = Daemon::start_on(token, "");
+    let c = client(&d).await;
+    assert!(c.supports_key_backup().await.expect("capability"));
+    let attrs = KeyAttributes { extractable: true, wrap: true, ..KeyAttributes::aes(192) };
+    c.generate_key_with_attributes("src", attrs).await.expect("keygen");
+    let ct = c.encrypt("src", b"backed up", Some(b"ctx")).await.expect("encrypt");
+    let blob = c.backup_key("src", b"backup password").await.expect("backup");
+    assert!(!blob.windows(9).any(|w| w == b"backed up"));
+
+    let restored = c.restore_key("copy", &blob, b"backup password").await.expect("restore");
+    assert_eq!(restored.attributes, attrs);
+    assert_eq!(
+        c.decrypt("copy", &ct, Some(b"ctx")).await.expect("same key").expose(),
+        b"backed up"
+    );
+    let listed = c.list_keys().await.expect("list");
+    assert_eq!(
+        listed.iter().find(|k| k.handle.as_str() == "copy").map(|k| k.attributes),
+        Some(attrs)
+    );
+
+    assert!(matches!(
+        c.restore_key("copy", &blob, b"backup password").await,
+        Err(Error::KeyExists(_))
+    ));
+    assert!(matches!(
+        c.restore_key("other", &blob, b"wrong password").await,
+        Err(Error::IntegrityCheckFailed(_))
+    ));
+    let mut tampered = blob.clone();
+    tampered[blob.len() / 2] ^= 1;
+    assert!(c.restore_key("other", &tampered, b"backup password").await.is_err());
+    assert!(matches!(
+        c.restore_key("other", &blob[..10], b"backup password").await,
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(c.backup_key("src", b"short").await, Err(Error::InvalidRequest(_))));
+    c.generate_key("locked", 256).await.expect("non-extractable by default");
+    assert!(matches!(
+        c.backup_key("locked", b"backup password").await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(c.backup_key("ghost", b"backup password").await, Err(Error::KeyNotFound(_))));
+}
+
+/// Key wrap with padding is deterministic, so a backup is portable between backends.
+#[tokio::test]
+async fn a_backup_moves_between_the_soft_token_and_softhsm2() {
+    let soft = Daemon::start_on(Token::Soft, "");
+    let hsm = Daemon::start_on(Token::SoftHsm, "");
+    let (s, h) = (client(&soft).await, client(&hsm).await);
+    let attrs = KeyAttributes { extractable: true, ..KeyAttributes::aes(256) };
+
+    s.generate_key_with_attributes("from-soft", attrs).await.expect("keygen");
+    let ct = s.encrypt("from-soft", b"soft to hsm", None).await.expect("encrypt");
+    let blob = s.backup_key("from-soft", b"moving password").await.expect("backup");
+    h.restore_key("from-soft", &blob, b"moving password").await.expect("restore into SoftHSM2");
+    assert_eq!(h.decrypt("from-soft", &ct, None).await.expect("decrypt").expose(), b"soft to hsm");
+
+    h.generate_key_with_attributes("from-hsm", attrs).await.expect("keygen");
+    let ct = h.encrypt("from-hsm", b"hsm to soft", None).await.expect("encrypt");
+    let blob = h.backup_key("from-hsm", b"moving password").await.expect("backup");
+    s.restore_key("from-hsm", &blob, b"moving password").await.expect("restore into soft");
+    assert_eq!(s.decrypt("from-hsm", &ct, None).await.expect("decrypt").expose(), b"hsm to soft");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod soft {
@@ -201,4 +268,5 @@ conformance!(
     keys_and_ciphertexts_survive_a_restart,
     batches_mix_successes_and_failures,
     concurrent_clients_get_their_own_answers,
+    backups_restore_extractable_keys_only,
 );

@@ -56,6 +56,7 @@ fn json_output_and_exit_codes_follow_the_error_kind() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(1));
+    assert_eq!(v[0]["extractable"], true);
 
     let (code, _, err) = harpoctl(s, &["keys", "generate", "k1"], b"");
     assert_eq!(code, 73, "key exists: {err}");
@@ -78,6 +79,22 @@ fn json_output_and_exit_codes_follow_the_error_kind() {
     assert_eq!(String::from_utf8_lossy(&out).trim().len(), 32, "16 bytes as hex");
     let (code, _, _) = harpoctl(s, &["random", "99999999"], b"");
     assert_eq!(code, 64, "invalid request");
+
+    // Backup and restore through files and pipes; the password never on the command line.
+    let pw = d.dir.path().join("backup-password");
+    std::fs::write(&pw, "a long backup password\n").expect("password file");
+    let pw = pw.to_str().expect("utf-8");
+    let (code, blob, err) =
+        harpoctl(s, &["keys", "backup", "k1", "--password-file", pw, "--base64"], b"");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        harpoctl(s, &["keys", "restore", "k1-copy", "--password-file", pw, "--base64"], &blob);
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("created k1-copy"));
+    let (code, pt, _) = harpoctl(s, &["decrypt", "k1-copy", "--base64", "--aad", "ctx"], &ct);
+    assert_eq!((code, pt.as_slice()), (0, &b"payload"[..]), "the restored key is the same key");
+    let (code, _, err) = harpoctl(s, &["keys", "backup", "k1"], b"");
+    assert_eq!(code, 2, "no password source: {err}");
 
     let (code, _, err) = harpoctl(s, &["keys", "destroy", "k1"], b"");
     assert_eq!(code, 2, "destroy needs --yes: {err}");

@@ -7,84 +7,44 @@ use std::time::Duration;
 
 use common::Daemon;
 use harpocrates::client::{BlockingClient, Client, ClientOptions, Error};
-use harpocrates::protocol::{HealthState, KeyAlgorithm, KeyAttributes, Request, Response};
+use harpocrates::protocol::{Request, Response};
 
 async fn client(d: &Daemon) -> Client {
     Client::connect(&d.socket).await.expect("connect")
 }
 
+/// Per-operation behaviour is covered backend by backend in `conformance.rs`; this checks
+/// that what happens is counted.
 #[tokio::test]
-async fn every_operation_works_and_errors_are_typed() {
+async fn metrics_count_operations_errors_and_connections() {
     let d = Daemon::start();
     let c = client(&d).await;
     let info = c.server_info().await.expect("info");
     assert_eq!((info.protocol_version, info.backend.as_str()), (1, "soft"));
-
     c.ping().await.expect("ping");
-    let r = c.generate_random(32).await.expect("random");
-    assert_eq!(r.len(), 32);
-    assert_ne!(r.expose(), c.generate_random(32).await.expect("random").expose());
-
-    let k = c.generate_key("alpha", 256).await.expect("keygen");
-    assert_eq!(k.handle.as_str(), "alpha");
-    assert_eq!(k.algorithm, KeyAlgorithm::Aes);
-    assert_eq!(k.attributes, KeyAttributes::aes(256), "safe defaults");
-    let attrs = KeyAttributes {
-        size_bits: 128,
-        extractable: true,
-        wrap: true,
-        decrypt: false,
-        ..KeyAttributes::aes(128)
-    };
-    let k2 = c.generate_key_with_attributes("beta", attrs).await.expect("keygen attrs");
-    assert_eq!(k2.attributes, attrs);
+    c.generate_key("alpha", 256).await.expect("keygen");
     assert!(matches!(c.generate_key("alpha", 256).await, Err(Error::KeyExists(_))));
-    assert!(matches!(c.generate_key("gamma", 100).await, Err(Error::InvalidRequest(_))));
     assert!(matches!(c.generate_key("bad label", 256).await, Err(Error::InvalidRequest(_))));
-
-    let keys = c.list_keys().await.expect("list");
-    let labels: Vec<_> = keys.iter().map(|k| k.handle.as_str()).collect();
-    assert_eq!(labels, ["alpha", "beta"]);
-
-    let ct = c.encrypt("alpha", b"secret payload", Some(b"ctx")).await.expect("encrypt");
-    assert_eq!(ct.len(), b"secret payload".len() + 30);
-    let pt = c.decrypt("alpha", &ct, Some(b"ctx")).await.expect("decrypt");
-    assert_eq!(pt.expose(), b"secret payload");
+    let ct = c.encrypt("alpha", b"x", None).await.expect("encrypt");
     assert!(matches!(
         c.decrypt("alpha", &ct, Some(b"other")).await,
         Err(Error::IntegrityCheckFailed(_))
     ));
-    assert!(matches!(c.decrypt("alpha", &ct, None).await, Err(Error::IntegrityCheckFailed(_))));
-    let mut tampered = ct.clone();
-    *tampered.last_mut().expect("non-empty") ^= 0x80;
-    assert!(matches!(
-        c.decrypt("alpha", &tampered, Some(b"ctx")).await,
-        Err(Error::IntegrityCheckFailed(_))
-    ));
-    assert!(matches!(c.decrypt("alpha", &ct[..10], None).await, Err(Error::InvalidRequest(_))));
-    // beta may encrypt but not decrypt.
-    let ct_b = c.encrypt("beta", b"x", None).await.expect("encrypt beta");
-    assert!(matches!(c.decrypt("beta", &ct_b, None).await, Err(Error::PermissionDenied(_))));
     assert!(matches!(c.encrypt("nope", b"x", None).await, Err(Error::KeyNotFound(_))));
-
-    assert!(!c.supports_key_backup().await.expect("backup flag"));
-    let h = c.health_check().await.expect("health");
-    assert_eq!(h.state, HealthState::Healthy);
-    assert!(h.token_reachable);
-    assert_eq!(h.key_count, 2);
-    assert!(h.active_sessions >= 1 && h.active_sessions <= h.max_sessions);
-
-    c.destroy_key("beta").await.expect("destroy");
-    assert!(matches!(c.destroy_key("beta").await, Err(Error::KeyNotFound(_))));
-    assert!(matches!(c.encrypt("beta", b"x", None).await, Err(Error::KeyNotFound(_))));
+    let second = client(&d).await;
+    second.ping().await.expect("ping");
 
     let m = c.metrics().await.expect("metrics");
-    let count = |op: &str| m.per_op.iter().find(|o| o.op == op).map_or(0, |o| o.count);
-    assert_eq!(count("encrypt"), 4);
-    assert_eq!(count("destroy_key"), 2);
-    assert!(m.errors_total >= 9, "{m:?}");
-    assert!(m.error_rate > 0.0 && m.error_rate < 1.0);
-    assert_eq!(m.connections, 1);
+    let count =
+        |op: &str| m.per_op.iter().find(|o| o.op == op).map_or((0, 0), |o| (o.count, o.errors));
+    assert_eq!(count("ping"), (2, 0));
+    assert_eq!(count("generate_key"), (3, 2));
+    assert_eq!(count("encrypt"), (2, 1));
+    assert_eq!(count("decrypt"), (1, 1));
+    assert_eq!((m.ops_total, m.errors_total), (8, 4));
+    assert!((m.error_rate - 0.5).abs() < 1e-9, "{m:?}");
+    assert!(m.avg_latency_us > 0.0 && m.ops_per_sec > 0.0, "{m:?}");
+    assert_eq!(m.connections, 2);
 }
 
 #[tokio::test]

@@ -114,6 +114,16 @@ impl BlockingClient {
         self.runtime.block_on(self.client.destroy_key(key))
     }
 
+    /// See [`Client::backup_key`].
+    pub fn backup_key(&self, key: &str, password: &[u8]) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.client.backup_key(key, password))
+    }
+
+    /// See [`Client::restore_key`].
+    pub fn restore_key(&self, label: &str, backup: &[u8], password: &[u8]) -> Result<KeyInfo> {
+        self.runtime.block_on(self.client.restore_key(label, backup, password))
+    }
+
     /// See [`Client::supports_key_backup`].
     pub fn supports_key_backup(&self) -> Result<bool> {
         self.runtime.block_on(self.client.supports_key_backup())

@@ -179,6 +179,28 @@ impl Client {
         expect_response!(self.call(Request::DestroyKey { key: key.into() }).await?, Response::KeyDestroyed => ())
     }
 
+    /// Exports an extractable key, wrapped under a key derived from `password` (at least 8
+    /// bytes). The backup restores on any backend with [`restore_key`](Self::restore_key).
+    pub async fn backup_key(&self, key: &str, password: &[u8]) -> Result<Vec<u8>> {
+        let request = Request::BackupKey { key: key.into(), password: password.into() };
+        expect_response!(self.call(request).await?, Response::KeyBackup(b) => b)
+    }
+
+    /// Imports a backup as a new key named `label`.
+    pub async fn restore_key(
+        &self,
+        label: &str,
+        backup: &[u8],
+        password: &[u8],
+    ) -> Result<KeyInfo> {
+        let request = Request::RestoreKey {
+            label: label.into(),
+            backup: backup.to_vec(),
+            password: password.into(),
+        };
+        expect_response!(self.call(request).await?, Response::KeyGenerated(k) => k)
+    }
+
     /// Whether the backend can export password-protected key backups.
     pub async fn supports_key_backup(&self) -> Result<bool> {
         expect_response!(self.call(Request::SupportsKeyBackup).await?, Response::BackupSupported(b) => b)
@@ -210,6 +232,7 @@ pub(crate) fn describe(response: &Response) -> &'static str {
         Response::Health(_) => "Health",
         Response::Metrics(_) => "Metrics",
         Response::Batch(_) => "Batch",
+        Response::KeyBackup(_) => "KeyBackup",
         _ => "a newer response kind",
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use harpocrates_protocol::{MetricsSnapshot, OpMetrics};
 
 /// Every operation name counted, in report order (see `Request::op_name`).
-pub const OPS: [&str; 13] = [
+pub const OPS: [&str; 15] = [
     "hello",
     "ping",
     "generate_random",
@@ -22,6 +22,8 @@ pub const OPS: [&str; 13] = [
     "health_check",
     "get_metrics",
     "batch",
+    "backup_key",
+    "restore_key",
 ];
 
 /// How far back `ops_per_sec` looks.
@@ -191,6 +193,12 @@ mod tests {
             Request::HealthCheck,
             Request::GetMetrics,
             Request::Batch(Vec::new()),
+            Request::BackupKey { key: "k".into(), password: Vec::new().into() },
+            Request::RestoreKey {
+                label: "k".into(),
+                backup: Vec::new(),
+                password: Vec::new().into(),
+            },
         ];
         let m = Metrics::new();
         for r in &all {

@@ -209,6 +209,24 @@ pub enum Request {
     /// Many operations in one frame, answered by one [`Response::Batch`] whose elements
     /// succeed or fail on their own. May not contain `Hello` or another `Batch`.
     Batch(Vec<Request>),
+    /// Exports an extractable key wrapped under a key derived from `password` (see
+    /// `docs/backup.md`). Non-extractable keys are refused with `PermissionDenied`.
+    BackupKey {
+        /// The key's name.
+        key: KeyHandle,
+        /// At least 8 bytes; never logged.
+        password: SecretBytes,
+    },
+    /// Imports a backup made by `BackupKey` (on any backend) as a new key named `label`.
+    RestoreKey {
+        /// The new key's name; must be unused.
+        label: String,
+        /// The backup blob.
+        #[serde(with = "serde_bytes")]
+        backup: Vec<u8>,
+        /// The password the backup was made with.
+        password: SecretBytes,
+    },
 }
 
 impl Request {
@@ -228,6 +246,8 @@ impl Request {
             Request::HealthCheck => "health_check",
             Request::GetMetrics => "get_metrics",
             Request::Batch(_) => "batch",
+            Request::BackupKey { .. } => "backup_key",
+            Request::RestoreKey { .. } => "restore_key",
         }
     }
 }
@@ -269,6 +289,8 @@ pub enum Response {
     Metrics(MetricsSnapshot),
     /// Answers [`Request::Batch`], element by element in request order.
     Batch(Vec<WireResult>),
+    /// Answers [`Request::BackupKey`]: the backup blob.
+    KeyBackup(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Overall health.

@@ -43,6 +43,11 @@ fn leaf_request() -> impl Strategy<Value = Request> {
         Just(Request::SupportsKeyBackup),
         Just(Request::HealthCheck),
         Just(Request::GetMetrics),
+        (".{0,20}", bytes(40))
+            .prop_map(|(k, p)| Request::BackupKey { key: k.into(), password: p.into() }),
+        (".{0,20}", bytes(200), bytes(40)).prop_map(|(label, backup, p)| {
+            Request::RestoreKey { label, backup, password: p.into() }
+        }),
     ]
 }
 
@@ -117,6 +122,7 @@ fn leaf_response() -> impl Strategy<Value = Response> {
         bytes(300).prop_map(|b| Response::Plaintext(b.into())),
         Just(Response::KeyDestroyed),
         any::<bool>().prop_map(Response::BackupSupported),
+        bytes(200).prop_map(Response::KeyBackup),
         health,
         metrics,
     ]

@@ -57,4 +57,21 @@ pub trait BackendSession: Send {
 
     /// A cheap call that proves the token answers.
     fn probe(&mut self) -> BackendResult<()>;
+
+    /// Exports an extractable key as a password-protected [backup](crate::keys::backup).
+    fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
+        let _ = (label, password);
+        Err(BackendError::Unsupported("key backup".into()))
+    }
+
+    /// Imports a [backup](crate::keys::backup) as a new key named `label`.
+    fn restore_key(
+        &mut self,
+        label: &str,
+        backup: &[u8],
+        password: &[u8],
+    ) -> BackendResult<KeyInfo> {
+        let _ = (label, backup, password);
+        Err(BackendError::Unsupported("key restore".into()))
+    }
 }

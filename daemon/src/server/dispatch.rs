@@ -13,6 +13,7 @@ use harpocrates_protocol::{
 };
 
 use crate::actors::session::pool::SessionPool;
+use crate::keys::backup::MAX_BACKUP_LEN;
 use crate::keys::name::validate_label;
 use crate::metrics::Metrics;
 
@@ -153,7 +154,11 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
         }
         Request::Encrypt { key, .. }
         | Request::Decrypt { key, .. }
-        | Request::DestroyKey { key } => label(key.as_str()),
+        | Request::DestroyKey { key }
+        | Request::BackupKey { key, .. } => label(key.as_str()),
+        Request::RestoreKey { label: l, backup, .. } if backup.len() > MAX_BACKUP_LEN => label(l)
+            .and_then(|()| bad(format!("a backup of {} bytes is not one of ours", backup.len()))),
+        Request::RestoreKey { label: l, .. } => label(l),
         _ => Ok(()),
     }
 }

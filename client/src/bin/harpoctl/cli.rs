@@ -84,6 +84,28 @@ pub enum KeysCommand {
     },
     /// List keys.
     List,
+    /// Write a password-protected backup of an extractable key to stdout.
+    Backup {
+        /// The key's name.
+        label: String,
+        /// File holding the backup password (else $HARPOCTL_BACKUP_PASSWORD).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+        /// Write base64 text instead of raw bytes.
+        #[arg(long)]
+        base64: bool,
+    },
+    /// Restore a backup read from stdin as a new key.
+    Restore {
+        /// The new key's name.
+        label: String,
+        /// File holding the backup password (else $HARPOCTL_BACKUP_PASSWORD).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+        /// The input is base64 text.
+        #[arg(long)]
+        base64: bool,
+    },
     /// Destroy a key for good.
     Destroy {
         /// The key's name.

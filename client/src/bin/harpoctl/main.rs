@@ -122,6 +122,17 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             out.key_generated(&client.generate_key_with_attributes(&label, attributes).await?);
         }
         Command::Keys(KeysCommand::List) => out.keys(&client.list_keys().await?),
+        Command::Keys(KeysCommand::Backup { label, password_file, base64 }) => {
+            let password = backup_password(password_file.as_deref())?;
+            let blob = client.backup_key(&label, &password).await?;
+            out.ciphertext(&blob, base64)?;
+        }
+        Command::Keys(KeysCommand::Restore { label, password_file, base64 }) => {
+            let password = backup_password(password_file.as_deref())?;
+            let input = read_stdin()?;
+            let blob = if base64 { decode_base64(&input)? } else { input.to_vec() };
+            out.key_generated(&client.restore_key(&label, &blob, &password).await?);
+        }
         Command::Keys(KeysCommand::Destroy { label, .. }) => {
             client.destroy_key(&label).await?;
             out.destroyed(&label);
@@ -133,20 +144,39 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         }
         Command::Decrypt(args) => {
             let input = read_stdin()?;
-            let ciphertext = if args.base64 {
-                let text = std::str::from_utf8(&input)
-                    .map_err(|_| Failure::Usage("base64 input is not text".into()))?;
-                B64.decode(text.trim())
-                    .map_err(|e| Failure::Usage(format!("invalid base64 input: {e}")))?
-            } else {
-                input.to_vec()
-            };
+            let ciphertext = if args.base64 { decode_base64(&input)? } else { input.to_vec() };
             let pt = client.decrypt(&args.key, &ciphertext, aad(&args)).await?;
             out.plaintext(pt.expose())?;
         }
     }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+fn decode_base64(input: &[u8]) -> Result<Vec<u8>, Failure> {
+    let text = std::str::from_utf8(input)
+        .map_err(|_| Failure::Usage("base64 input is not text".into()))?;
+    B64.decode(text.trim()).map_err(|e| Failure::Usage(format!("invalid base64 input: {e}")))
+}
+
+/// The backup password: from a file, or the environment; never from the command line.
+fn backup_password(file: Option<&std::path::Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let mut raw = match file {
+        Some(path) => Zeroizing::new(std::fs::read(path)?),
+        None => match std::env::var("HARPOCTL_BACKUP_PASSWORD") {
+            Ok(v) => Zeroizing::new(v.into_bytes()),
+            Err(_) => {
+                return Err(Failure::Usage(
+                    "give the backup password with --password-file or $HARPOCTL_BACKUP_PASSWORD"
+                        .into(),
+                ));
+            }
+        },
+    };
+    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        raw.pop();
+    }
+    Ok(raw)
 }
 
 fn aad(args: &CryptArgs) -> Option<&[u8]> {

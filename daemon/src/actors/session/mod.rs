@@ -111,6 +111,12 @@ impl SessionWorker {
                 self.with_session(|s| s.destroy_key(key.as_str()))?;
                 Response::KeyDestroyed
             }
+            Request::BackupKey { key, password } => Response::KeyBackup(
+                self.with_session(|s| s.backup_key(key.as_str(), password.expose()))?,
+            ),
+            Request::RestoreKey { label, backup, password } => Response::KeyGenerated(
+                self.with_session(|s| s.restore_key(label, backup, password.expose()))?,
+            ),
             Request::HealthCheck => Response::Health(self.health()),
             other => {
                 return Err(BackendError::InvalidArgument(format!(

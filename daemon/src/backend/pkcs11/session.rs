@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 use super::errors::{self, Recovery};
 use super::{CachedKey, Shared, login, read, write};
 use crate::backend::{BackendError, BackendResult, BackendSession};
+use crate::keys::backup;
 use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
+use crate::keys::kdf::KdfParams;
 
 const KEY_ATTRIBUTES: [AttributeType; 10] = [
     AttributeType::Label,
@@ -118,9 +120,7 @@ impl Pkcs11Session {
                     info.algorithm = KeyAlgorithm::GenericSecret;
                     known_type = true;
                 }
-                Attribute::ValueLen(n) => {
-                    at.size_bits = u32::try_from(u64::from(*n) * 8).unwrap_or(0)
-                }
+                Attribute::ValueLen(n) => at.size_bits = u32::try_from(*n * 8).unwrap_or(0),
                 Attribute::Sensitive(b) => at.sensitive = b,
                 Attribute::Extractable(b) => at.extractable = b,
                 Attribute::Encrypt(b) => at.encrypt = b,
@@ -131,6 +131,13 @@ impl Pkcs11Session {
             }
         }
         let Some(label) = label.filter(|_| known_type) else { return Ok(None) };
+        if info.attributes.size_bits == 0 {
+            // Keys this process restored from a backup on a module that leaves
+            // CKA_VALUE_LEN unset (SoftHSM2): the size is known from the backup.
+            if let Some(k) = read(&self.shared.keys).get(&label).filter(|k| k.handle == handle) {
+                info.attributes.size_bits = k.info.attributes.size_bits;
+            }
+        }
         info.handle = label.into();
         Ok(Some(info))
     }
@@ -162,6 +169,40 @@ impl Pkcs11Session {
             }
             other => other.map_err(|e| self.fail(e, what)),
         }
+    }
+
+    /// Imports a password-derived wrapping key as a short-lived session object.
+    fn import_wrapping_key(&self, value: &[u8; 32]) -> BackendResult<ObjectHandle> {
+        let mut template = [
+            Attribute::Value(value.to_vec()),
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+        ];
+        let created = self.session.create_object(&template);
+        if let Attribute::Value(v) = &mut template[0] {
+            zeroize::Zeroize::zeroize(v);
+        }
+        created.map_err(|e| self.fail(e, "import wrapping key"))
+    }
+
+    /// Runs `op` with a temporary wrapping key, destroying it whatever happens.
+    fn with_wrapping_key<T>(
+        &self,
+        value: &[u8; 32],
+        op: impl FnOnce(ObjectHandle) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let kek = self.import_wrapping_key(value)?;
+        let out = op(kek);
+        if let Err(e) = self.session.destroy_object(kek) {
+            tracing::warn!(error = %super::brief(&e), "could not destroy a temporary wrapping key");
+        }
+        out
     }
 
     fn random_iv(&self) -> BackendResult<[u8; IV_LEN]> {
@@ -257,6 +298,61 @@ impl BackendSession for Pkcs11Session {
         self.with_key(label, "destroy key", |s, k| s.destroy_object(k.handle))?;
         write(&self.shared.keys).remove(label);
         Ok(())
+    }
+
+    fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
+        let key = self.key(label)?;
+        if !key.info.attributes.extractable {
+            return Err(BackendError::NotPermitted(format!("key '{label}' is not extractable")));
+        }
+        let sealer = backup::Sealer::new(password, &key.info.attributes, KdfParams::default())?;
+        let wrapped = self.with_wrapping_key(sealer.keys().wrapping_key(), |kek| {
+            self.with_key(label, "wrap key", |s, k| {
+                s.wrap_key(&Mechanism::AesKeyWrapPad, kek, k.handle)
+            })
+        })?;
+        sealer.finish(&wrapped)
+    }
+
+    fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {
+        let opened = backup::open(blob, password)?;
+        if self.find(label)?.is_some() {
+            return Err(BackendError::KeyExists(label.into()));
+        }
+        let a = opened.attributes;
+        let mut id = vec![0u8; 16];
+        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.clone()),
+            Attribute::Sensitive(a.sensitive),
+            Attribute::Extractable(a.extractable),
+            Attribute::Encrypt(a.encrypt),
+            Attribute::Decrypt(a.decrypt),
+            Attribute::Wrap(a.wrap),
+            Attribute::Unwrap(a.unwrap),
+        ];
+        let handle = self.with_wrapping_key(opened.keys.wrapping_key(), |kek| {
+            self.session
+                .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &opened.wrapped, &template)
+                .map_err(|e| self.fail(e, "unwrap key"))
+        })?;
+        // SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys and refuses it in the unwrap
+        // template; record it afterwards where the module allows.
+        if let Err(e) = self
+            .session
+            .update_attributes(handle, &[Attribute::ValueLen((u64::from(a.size_bits) / 8).into())])
+        {
+            tracing::debug!(error = %super::brief(&e), "CKA_VALUE_LEN not settable on the restored key");
+        }
+        let info =
+            KeyInfo { handle: label.into(), algorithm: KeyAlgorithm::Aes, attributes: a, id };
+        write(&self.shared.keys).insert(label.to_owned(), CachedKey { handle, info: info.clone() });
+        Ok(info)
     }
 
     fn probe(&mut self) -> BackendResult<()> {

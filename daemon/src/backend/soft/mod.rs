@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use self::cipher::GcmKey;
 use self::store::{KdfParams, KeyStoreFile, StoreError, StoredKey};
 use super::{Backend, BackendError, BackendResult, BackendSession};
+use crate::keys::backup;
 
 /// Where and how the soft token keeps its keys.
 #[derive(Debug, Clone)]
@@ -121,13 +122,43 @@ impl Backend for Arc<SoftToken> {
     }
 
     fn supports_key_backup(&self) -> bool {
-        false
+        true
     }
 }
 
 /// A session on the soft token.
 pub struct SoftSession {
     token: Arc<SoftToken>,
+}
+
+impl SoftSession {
+    /// Adds a key with the given value, persisting it before it becomes visible.
+    fn insert(
+        &mut self,
+        label: &str,
+        attributes: &KeyAttributes,
+        material: Zeroizing<Vec<u8>>,
+    ) -> BackendResult<KeyInfo> {
+        let id = random_bytes(16)?.to_vec();
+        let created_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let key = Arc::new(SoftKey::new(StoredKey {
+            label: label.into(),
+            id,
+            attributes: *attributes,
+            material: material.into(),
+            created_unix,
+        })?);
+        let info = key.info();
+        self.token.mutate(|keys| {
+            if keys.contains_key(label) {
+                return Err(BackendError::KeyExists(label.into()));
+            }
+            keys.insert(label.into(), key);
+            Ok(())
+        })?;
+        Ok(info)
+    }
 }
 
 fn random_bytes(len: usize) -> BackendResult<Zeroizing<Vec<u8>>> {
@@ -149,25 +180,28 @@ impl BackendSession for SoftSession {
             )));
         }
         let material = random_bytes(attributes.size_bits as usize / 8)?;
-        let id = random_bytes(16)?.to_vec();
-        let created_unix =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let key = Arc::new(SoftKey::new(StoredKey {
-            label: label.into(),
-            id,
-            attributes: *attributes,
-            material: material.into(),
-            created_unix,
-        })?);
-        let info = key.info();
-        self.token.mutate(|keys| {
-            if keys.contains_key(label) {
-                return Err(BackendError::KeyExists(label.into()));
-            }
-            keys.insert(label.into(), key);
-            Ok(())
-        })?;
-        Ok(info)
+        self.insert(label, attributes, material)
+    }
+
+    fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
+        let k = self.token.key(label)?;
+        if !k.stored.attributes.extractable {
+            return Err(BackendError::NotPermitted(format!("key '{label}' is not extractable")));
+        }
+        let sealer = backup::Sealer::new(password, &k.stored.attributes, KdfParams::default())?;
+        let wrapped = backup::kwp_wrap(sealer.keys().wrapping_key(), k.stored.material.expose())?;
+        sealer.finish(&wrapped)
+    }
+
+    fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {
+        let opened = backup::open(blob, password)?;
+        let material = backup::kwp_unwrap(opened.keys.wrapping_key(), &opened.wrapped)?;
+        if material.len() * 8 != opened.attributes.size_bits as usize {
+            return Err(BackendError::InvalidArgument(
+                "backup key length disagrees with its header".into(),
+            ));
+        }
+        self.insert(label, &opened.attributes, material)
     }
 
     fn list_keys(&mut self) -> BackendResult<Vec<KeyInfo>> {

@@ -24,6 +24,8 @@ use harpocrates_protocol::{KeyAttributes, SecretBytes};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use crate::keys::kdf::KdfParams;
+
 const MAGIC: &[u8; 8] = b"HARPSOFT";
 const FORMAT: u8 = 1;
 const SALT_LEN: usize = 16;
@@ -35,55 +37,6 @@ const TAG_LEN: usize = 16;
 pub const STORE_FILE: &str = "keystore.hks";
 /// The lock file that keeps two daemons off one state directory.
 pub const LOCK_FILE: &str = "keystore.lock";
-
-/// Argon2id cost parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Memory in KiB.
-    pub memory_kib: u32,
-    /// Passes.
-    pub iterations: u32,
-    /// Lanes.
-    pub parallelism: u32,
-}
-
-impl KdfParams {
-    /// Largest memory cost accepted (4 GiB), from configuration or from a store file.
-    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-    /// Largest pass count accepted.
-    pub const MAX_ITERATIONS: u32 = 64;
-    /// Largest lane count accepted.
-    pub const MAX_PARALLELISM: u32 = 64;
-
-    /// Checks the costs are within Argon2's rules and our ceilings. The ceilings matter
-    /// because the costs are read from the store file before it can be authenticated.
-    pub fn check(&self) -> Result<(), String> {
-        let ok = (1..=Self::MAX_ITERATIONS).contains(&self.iterations)
-            && (1..=Self::MAX_PARALLELISM).contains(&self.parallelism)
-            && u64::from(self.memory_kib) >= 8 * u64::from(self.parallelism)
-            && self.memory_kib <= Self::MAX_MEMORY_KIB;
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "Argon2id costs m={} KiB, t={}, p={} are outside t 1..={}, p 1..={}, 8p ≤ m ≤ {} KiB",
-                self.memory_kib,
-                self.iterations,
-                self.parallelism,
-                Self::MAX_ITERATIONS,
-                Self::MAX_PARALLELISM,
-                Self::MAX_MEMORY_KIB
-            ))
-        }
-    }
-}
-
-impl Default for KdfParams {
-    /// OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
-    fn default() -> Self {
-        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
-    }
-}
 
 /// One key as persisted.
 #[derive(Clone, Serialize, Deserialize)]
@@ -242,16 +195,8 @@ impl KeyStoreFile {
         lock: File,
     ) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
-        params.check().map_err(&corrupt)?;
-        let argon_params =
-            argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
-                .map_err(|e| corrupt(format!("bad Argon2 parameters: {e}")))?;
-        let argon =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
         let mut key = Zeroizing::new([0u8; 32]);
-        argon
-            .hash_password_into(pin, &salt, key.as_mut_slice())
-            .map_err(|e| corrupt(format!("key derivation failed: {e}")))?;
+        params.derive(pin, &salt, key.as_mut_slice()).map_err(&corrupt)?;
         let cipher = Aes256Gcm::new_from_slice(key.as_slice())
             .map_err(|_| corrupt("derived key has the wrong length".into()))?;
 
