@@ -1,0 +1,167 @@
+//! The daemon on SoftHSM2 next to the same calls made in-process on the same token, in one
+//! run: AES-GCM encrypt of 64 B and 4 KiB, and 32 random bytes.
+//!
+//! `in_process` calls the PKCS#11 backend's session directly — the same cryptoki calls the
+//! daemon's session actors make (C_GenerateRandom for the IV, then C_Encrypt), with no
+//! socket and no thread hand-off. The daemon variants go through the Unix socket: one
+//! request at a time, 256 pipelined (auto-batching off), 256 concurrent calls auto-batched,
+//! one explicit 256-operation batch, and four client connections of 64 concurrent calls.
+//! `HARPO_BENCH_SESSIONS` sets the daemon's session pool (default 2).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use harpocrates::client::{Client, ClientOptions};
+use harpocrates::protocol::{KeyAttributes, Request};
+use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, uri};
+use harpocrates_daemon::backend::{Backend, BackendSession};
+use harpocrates_daemon::config::{RawConfig, Settings};
+use harpocrates_daemon::server::{self, RunningDaemon};
+use zeroize::Zeroizing;
+
+const IN_FLIGHT: usize = 256;
+const PIN: &str = "bench-pin-1234";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    daemon: RunningDaemon,
+    direct: Box<dyn BackendSession>,
+    runtime: tokio::runtime::Runtime,
+    batching: Client,
+    pipelining: Client,
+    many: Vec<Client>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).expect("tokens");
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
+    )
+    .expect("conf");
+    let init = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "bench", "--pin", PIN, "--so-pin", "bench-so"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (apt-get install softhsm2)");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // SAFETY: set before the module is loaded, while no other thread reads the environment.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+
+    let backend = Pkcs11Backend::open(
+        Pkcs11Config {
+            library_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token: TokenChoice::Match(uri::TokenSelector {
+                token: Some("bench".into()),
+                ..Default::default()
+            }),
+            name: "pkcs11",
+        },
+        Zeroizing::new(PIN.into()),
+    )
+    .expect("SoftHSM2 token");
+    let mut direct = backend.open_session().expect("session");
+    direct.generate_key("k", &KeyAttributes::aes(256)).expect("key");
+
+    let sessions =
+        std::env::var("HARPO_BENCH_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let settings = Settings::validate(RawConfig {
+        socket_path: Some(dir.path().join("bench.sock")),
+        max_sessions: Some(sessions),
+        log_level: Some("warn".into()),
+        ..RawConfig::default()
+    })
+    .expect("settings");
+    let daemon = server::spawn(settings, Arc::new(backend)).expect("daemon");
+
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (batching, pipelining, many) = runtime.block_on(async {
+        let socket = daemon.socket_path();
+        let batching = Client::connect(socket).await.expect("connect");
+        let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
+        let pipelining = Client::connect_with(socket, options).await.expect("connect");
+        let mut many = Vec::new();
+        for _ in 0..4 {
+            many.push(Client::connect(socket).await.expect("connect"));
+        }
+        (batching, pipelining, many)
+    });
+    Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining, many }
+}
+
+/// One operation, measured every way.
+fn group(c: &mut Criterion, f: &mut Fixture, name: &str, request: Request) {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1));
+    let direct_request = request.clone();
+    g.bench_function("in_process", |b| {
+        b.iter(|| match &direct_request {
+            Request::Encrypt { key, plaintext, .. } => {
+                black_box(
+                    f.direct.encrypt(key.as_str(), plaintext.expose(), &[]).expect("encrypt"),
+                );
+            }
+            Request::GenerateRandom { len } => {
+                black_box(f.direct.generate_random(*len as usize).expect("random"));
+            }
+            other => unreachable!("{other:?}"),
+        })
+    });
+    g.bench_function("daemon_sequential", |b| {
+        b.iter(|| f.runtime.block_on(f.batching.call(request.clone())).expect("call"))
+    });
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    for (label, client) in
+        [("daemon_pipelined", &f.pipelining), ("daemon_autobatched", &f.batching)]
+    {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let calls = (0..IN_FLIGHT).map(|_| client.call(request.clone()));
+                f.runtime.block_on(futures::future::try_join_all(calls)).expect("calls")
+            })
+        });
+    }
+    g.bench_function("daemon_batch", |b| {
+        b.iter(|| {
+            let batch = (0..IN_FLIGHT).fold(f.batching.batch(), |b, _| b.push(request.clone()));
+            f.runtime.block_on(batch.send()).expect("batch")
+        })
+    });
+    g.bench_function("daemon_4_clients", |b| {
+        b.iter(|| {
+            let calls =
+                f.many.iter().flat_map(|c| (0..IN_FLIGHT / 4).map(|_| c.call(request.clone())));
+            f.runtime.block_on(futures::future::try_join_all(calls)).expect("calls")
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let mut f = fixture();
+    let encrypt =
+        |n: usize| Request::Encrypt { key: "k".into(), plaintext: vec![0x5a; n].into(), aad: None };
+    group(c, &mut f, "softhsm_encrypt_64B", encrypt(64));
+    group(c, &mut f, "softhsm_encrypt_4KiB", encrypt(4096));
+    group(c, &mut f, "softhsm_random_32B", Request::GenerateRandom { len: 32 });
+    let Fixture { daemon, runtime, batching, pipelining, many, .. } = f;
+    drop((batching, pipelining, many));
+    drop(runtime);
+    daemon.stop();
+}
+
+criterion_group! {
+    name = pkcs11;
+    config = Criterion::default()
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(pkcs11);
