@@ -5,7 +5,8 @@
 //! daemon's session actors make (C_GenerateRandom for the IV, then C_Encrypt), with no
 //! socket and no thread hand-off. The daemon variants go through the Unix socket: one
 //! request at a time, 256 pipelined (auto-batching off), 256 concurrent calls auto-batched,
-//! one explicit 256-operation batch, and four client connections of 64 concurrent calls.
+//! one explicit 256-operation batch, four connections each sending a 64-operation batch at
+//! once, and four client connections of 64 concurrent calls.
 //! `HARPO_BENCH_SESSIONS` sets the daemon's session pool (default 2).
 
 use std::hint::black_box;
@@ -131,6 +132,15 @@ fn group(c: &mut Criterion, f: &mut Fixture, name: &str, request: Request) {
         b.iter(|| {
             let batch = (0..IN_FLIGHT).fold(f.batching.batch(), |b, _| b.push(request.clone()));
             f.runtime.block_on(batch.send()).expect("batch")
+        })
+    });
+    g.bench_function("daemon_batch_4_clients", |b| {
+        b.iter(|| {
+            let batches = f
+                .many
+                .iter()
+                .map(|c| (0..IN_FLIGHT / 4).fold(c.batch(), |b, _| b.push(request.clone())).send());
+            f.runtime.block_on(futures::future::try_join_all(batches)).expect("batches")
         })
     });
     g.bench_function("daemon_4_clients", |b| {

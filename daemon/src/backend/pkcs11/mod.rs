@@ -53,11 +53,11 @@ pub struct Pkcs11Config {
     pub name: &'static str,
 }
 
-/// A key's handle and what we know of it.
+/// A key's handle and what we know of it; cheap to clone on the hot path.
 #[derive(Clone)]
 pub(crate) struct CachedKey {
     pub handle: ObjectHandle,
-    pub info: KeyInfo,
+    pub info: Arc<KeyInfo>,
 }
 
 /// State shared by the backend and all its sessions.

@@ -85,7 +85,7 @@ impl Pkcs11Session {
                 "several keys share this label; using the first"
             );
         }
-        Ok(self.describe(handle)?.map(|info| CachedKey { handle, info }))
+        Ok(self.describe(handle)?.map(|info| CachedKey { handle, info: Arc::new(info) }))
     }
 
     /// Reads a key's attributes; `None` for key types we do not serve.
@@ -250,7 +250,8 @@ impl BackendSession for Pkcs11Session {
             .map_err(|e| self.fail(e, "generate key"))?;
         let info =
             KeyInfo { handle: label.into(), algorithm: KeyAlgorithm::Aes, attributes: *a, id };
-        write(&self.shared.keys).insert(label.to_owned(), CachedKey { handle, info: info.clone() });
+        write(&self.shared.keys)
+            .insert(label.to_owned(), CachedKey { handle, info: Arc::new(info.clone()) });
         Ok(info)
     }
 
@@ -351,7 +352,8 @@ impl BackendSession for Pkcs11Session {
         }
         let info =
             KeyInfo { handle: label.into(), algorithm: KeyAlgorithm::Aes, attributes: a, id };
-        write(&self.shared.keys).insert(label.to_owned(), CachedKey { handle, info: info.clone() });
+        write(&self.shared.keys)
+            .insert(label.to_owned(), CachedKey { handle, info: Arc::new(info.clone()) });
         Ok(info)
     }
 
