@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
 use harpocrates_protocol::{
-    ErrorCode, FrameError, MAX_BATCH_LEN, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame,
-    Response, ResponseFrame, WireResult,
+    FrameError, MAX_BATCH_LEN, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame, Response,
+    ResponseFrame, WireResult,
 };
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -225,6 +225,10 @@ fn size_hint(request: &Request) -> usize {
                 key.as_str().len() + ciphertext.len() + aad.as_ref().map_or(0, Vec::len)
             }
             Request::DestroyKey { key } => key.as_str().len(),
+            Request::BackupKey { key, password } => key.as_str().len() + password.len() + 4096,
+            Request::RestoreKey { label, backup, password } => {
+                label.len() + backup.len() + password.len()
+            }
             Request::Batch(items) => items.iter().map(size_hint).sum(),
             _ => 0,
         }
@@ -304,16 +308,11 @@ async fn read_answers(
             None => break "the daemon closed the connection".to_owned(),
         };
         if frame.id == 0 {
-            // A connection-level error. Fatal ones (frame too large) are followed by the
-            // daemon closing the connection, which ends this loop; others are informational.
+            // A connection-level error: the daemon could not tell which request it answers,
+            // so no pending call can be matched to it. Fail them all rather than leave one
+            // waiting forever; the next call reconnects.
             match frame.result {
-                Err(e) if matches!(e.code, ErrorCode::FrameTooLarge | ErrorCode::Busy) => {
-                    break format!("{}: {}", e.code, e.message);
-                }
-                Err(e) => {
-                    tracing::warn!(code = %e.code, message = %e.message, "daemon reported a connection error");
-                    continue;
-                }
+                Err(e) => break format!("{}: {}", e.code, e.message),
                 Ok(_) => continue,
             }
         }

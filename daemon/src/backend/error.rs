@@ -4,7 +4,8 @@ use harpocrates_protocol::{ErrorCode, WireError};
 
 /// Why a backend operation failed.
 ///
-/// Messages never contain key material, plaintext or PINs.
+/// Messages never contain key material, plaintext or PINs. They carry the detail only:
+/// the kind travels as the wire code, and clients print both.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// No key has that label.
@@ -14,19 +15,19 @@ pub enum BackendError {
     #[error("a key named '{0}' already exists")]
     KeyExists(String),
     /// An argument is out of range or malformed.
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
     /// The key's attributes forbid the operation.
-    #[error("not permitted: {0}")]
+    #[error("{0}")]
     NotPermitted(String),
     /// Authenticated decryption failed.
-    #[error("integrity check failed: wrong key, wrong AAD or tampered ciphertext")]
+    #[error("wrong key, wrong AAD or tampered data")]
     IntegrityCheckFailed,
     /// The token cannot do this.
-    #[error("unsupported: {0}")]
+    #[error("{0}")]
     Unsupported(String),
     /// The token or its login is not ready (wrong PIN, uninitialised token).
-    #[error("not initialized: {0}")]
+    #[error("{0}")]
     NotInitialized(String),
     /// The session or device broke; a fresh session may succeed. The session actor
     /// retries these within its budget.
@@ -47,7 +48,7 @@ pub enum BackendError {
     #[error("{0}")]
     Startup(String),
     /// Anything else the token reported.
-    #[error("operation failed: {0}")]
+    #[error("{0}")]
     Failed(String),
 }
 

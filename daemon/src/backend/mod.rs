@@ -61,7 +61,7 @@ pub trait BackendSession: Send {
     /// Exports an extractable key as a password-protected [backup](crate::keys::backup).
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
         let _ = (label, password);
-        Err(BackendError::Unsupported("key backup".into()))
+        Err(BackendError::Unsupported("this backend cannot back up keys".into()))
     }
 
     /// Imports a [backup](crate::keys::backup) as a new key named `label`.
@@ -72,6 +72,6 @@ pub trait BackendSession: Send {
         password: &[u8],
     ) -> BackendResult<KeyInfo> {
         let _ = (label, backup, password);
-        Err(BackendError::Unsupported("key restore".into()))
+        Err(BackendError::Unsupported("this backend cannot restore keys".into()))
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// `"soft"` (embedded token).
+    /// `"soft"` (embedded token), `"pkcs11"` or `"cloudhsm"`.
     pub backend: Option<String>,
     /// Unix socket path.
     pub socket_path: Option<PathBuf>,
@@ -77,7 +77,8 @@ pub struct RawCloudHsm {
     pub hsm_password: Option<String>,
     /// AWS region.
     pub region: Option<String>,
-    /// Session pool size (overrides the top-level `max_sessions`).
+    /// Session pool size, used when the top-level `max_sessions` (or `--max-sessions`) is
+    /// not set.
     pub max_sessions: Option<u64>,
     /// The CloudHSM PKCS#11 library (default `/opt/cloudhsm/lib/libcloudhsm_pkcs11.so`).
     pub library_path: Option<PathBuf>,

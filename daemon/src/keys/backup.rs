@@ -36,6 +36,11 @@ const HEADER_LEN: usize = 8 + 1 + 12 + SALT_LEN + 1 + 4 + 1 + 2;
 pub const MIN_PASSWORD_LEN: usize = 8;
 /// Longest backup accepted.
 pub const MAX_BACKUP_LEN: usize = 4096;
+/// Most Argon2id cost a backup may ask of a restore. Backups are written with
+/// [`KdfParams::default`]; the bound keeps a forged header from making every session actor
+/// allocate gigabytes before the MAC can be checked.
+const MAX_RESTORE_COST: KdfParams =
+    KdfParams { memory_kib: 256 * 1024, iterations: 16, parallelism: 8 };
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -85,35 +90,22 @@ fn flags(a: &KeyAttributes) -> u8 {
         | u8::from(a.sensitive) << 4
 }
 
-/// A backup being made: the header is fixed, the wrapped key comes from the backend.
+/// A backup being made: keys first, then the backend wraps, then the header is written.
 pub struct Sealer {
-    header: Vec<u8>,
+    kdf: KdfParams,
+    salt: [u8; SALT_LEN],
     keys: BackupKeys,
 }
 
 impl Sealer {
-    /// Starts a backup of a key with `attributes` under `password`.
-    pub fn new(
-        password: &[u8],
-        attributes: &KeyAttributes,
-        kdf: KdfParams,
-    ) -> Result<Self, BackendError> {
+    /// Starts a backup under `password`.
+    pub fn new(password: &[u8], kdf: KdfParams) -> Result<Self, BackendError> {
         check_password(password)?;
         let mut salt = [0u8; SALT_LEN];
         getrandom::fill(&mut salt)
             .map_err(|e| BackendError::Failed(format!("no randomness: {e}")))?;
         let keys = BackupKeys::derive(password, &salt, kdf)?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.push(VERSION);
-        for v in [kdf.memory_kib, kdf.iterations, kdf.parallelism] {
-            header.extend_from_slice(&v.to_le_bytes());
-        }
-        header.extend_from_slice(&salt);
-        header.push(ALG_AES);
-        header.extend_from_slice(&attributes.size_bits.to_le_bytes());
-        header.push(flags(attributes));
-        Ok(Self { header, keys })
+        Ok(Self { kdf, salt, keys })
     }
 
     /// The key to wrap with.
@@ -121,15 +113,35 @@ impl Sealer {
         &self.keys
     }
 
-    /// Completes the backup around the wrapped key.
-    pub fn finish(mut self, wrapped: &[u8]) -> Result<Vec<u8>, BackendError> {
+    /// Completes the backup of a key with `attributes` around its wrapped value. A size of
+    /// 0 (some modules leave `CKA_VALUE_LEN` unset) is taken from the wrapped length, which
+    /// RFC 5649 makes exact for AES keys.
+    pub fn finish(
+        self,
+        attributes: &KeyAttributes,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut attributes = *attributes;
+        if attributes.size_bits == 0 {
+            attributes.size_bits = u32::try_from(wrapped.len().saturating_sub(8) * 8).unwrap_or(0);
+        }
         let len = u16::try_from(wrapped.len())
             .map_err(|_| BackendError::Failed("wrapped key too long".into()))?;
-        self.header.extend_from_slice(&len.to_le_bytes());
-        self.header.extend_from_slice(wrapped);
-        let tag = self.keys.mac(&self.header).finalize().into_bytes();
-        self.header.extend_from_slice(&tag);
-        Ok(self.header)
+        let mut out = Vec::with_capacity(HEADER_LEN + wrapped.len() + MAC_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        for v in [self.kdf.memory_kib, self.kdf.iterations, self.kdf.parallelism] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.salt);
+        out.push(ALG_AES);
+        out.extend_from_slice(&attributes.size_bits.to_le_bytes());
+        out.push(flags(&attributes));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(wrapped);
+        let tag = self.keys.mac(&out).finalize().into_bytes();
+        out.extend_from_slice(&tag);
+        Ok(out)
     }
 }
 
@@ -161,6 +173,12 @@ pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackendError> {
         |at: usize| u32::from_le_bytes([blob[at], blob[at + 1], blob[at + 2], blob[at + 3]]);
     let kdf = KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
     kdf.check().map_err(|e| bad(&e))?;
+    if kdf.memory_kib > MAX_RESTORE_COST.memory_kib
+        || kdf.iterations > MAX_RESTORE_COST.iterations
+        || kdf.parallelism > MAX_RESTORE_COST.parallelism
+    {
+        return Err(bad("its key-derivation cost is above what a restore accepts"));
+    }
     let salt = &blob[21..21 + SALT_LEN];
     let at = 21 + SALT_LEN;
     let (alg, size_bits, flags) = (blob[at], u32_at(at + 1), blob[at + 5]);
@@ -173,7 +191,7 @@ pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackendError> {
     keys.mac(body).verify_slice(tag).map_err(|_| BackendError::IntegrityCheckFailed)?;
     if alg != ALG_AES || !matches!(size_bits, 128 | 192 | 256) {
         return Err(BackendError::Unsupported(format!(
-            "backup of algorithm {alg}, {size_bits} bits"
+            "restoring a backup of algorithm {alg}, {size_bits} bits"
         )));
     }
     let attributes = KeyAttributes {
@@ -222,9 +240,9 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let attrs = KeyAttributes { extractable: true, wrap: true, ..KeyAttributes::aes(256) };
-        let sealer = Sealer::new(b"correct horse", &attrs, fast()).expect("sealer");
+        let sealer = Sealer::new(b"correct horse", fast()).expect("sealer");
         let wrapped = kwp_wrap(sealer.keys().wrapping_key(), &[7u8; 32]).expect("wrap");
-        sealer.finish(&wrapped).expect("finish")
+        sealer.finish(&attrs, &wrapped).expect("finish")
     }
 
     #[test]
@@ -237,6 +255,23 @@ mod tests {
         );
         let key = kwp_unwrap(opened.keys.wrapping_key(), &opened.wrapped).expect("unwrap");
         assert_eq!(key.as_slice(), &[7u8; 32]);
+    }
+
+    #[test]
+    fn an_unknown_size_is_taken_from_the_wrapped_key() {
+        let attrs = KeyAttributes { size_bits: 0, extractable: true, ..KeyAttributes::aes(0) };
+        let sealer = Sealer::new(b"correct horse", fast()).expect("sealer");
+        let wrapped = kwp_wrap(sealer.keys().wrapping_key(), &[7u8; 24]).expect("wrap");
+        let blob = sealer.finish(&attrs, &wrapped).expect("finish");
+        assert_eq!(open(&blob, b"correct horse").expect("open").attributes.size_bits, 192);
+    }
+
+    #[test]
+    fn a_forged_expensive_header_is_refused_before_derivation() {
+        let mut blob = sample();
+        blob[9..13].copy_from_slice(&(1024u32 * 1024).to_le_bytes()); // 1 GiB
+        let err = open(&blob, b"correct horse").err().expect("refused");
+        assert!(err.to_string().contains("cost"), "{err}");
     }
 
     #[test]

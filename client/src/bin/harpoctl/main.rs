@@ -125,7 +125,7 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         Command::Keys(KeysCommand::Backup { label, password_file, base64 }) => {
             let password = backup_password(password_file.as_deref())?;
             let blob = client.backup_key(&label, &password).await?;
-            out.ciphertext(&blob, base64)?;
+            out.backup(&blob, base64)?;
         }
         Command::Keys(KeysCommand::Restore { label, password_file, base64 }) => {
             let password = backup_password(password_file.as_deref())?;

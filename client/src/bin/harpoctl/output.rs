@@ -207,6 +207,16 @@ impl Out {
         Ok(())
     }
 
+    /// `keys backup`: raw bytes unless base64 or JSON was asked for.
+    pub fn backup(&self, blob: &[u8], base64: bool) -> std::io::Result<()> {
+        if self.json {
+            self.print_json(&json!({ "backup_base64": B64.encode(blob) }));
+            Ok(())
+        } else {
+            self.ciphertext(blob, base64)
+        }
+    }
+
     /// `decrypt`: the plaintext exactly (base64 inside JSON).
     pub fn plaintext(&self, pt: &[u8]) -> std::io::Result<()> {
         if self.json {

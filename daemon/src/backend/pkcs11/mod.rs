@@ -72,6 +72,10 @@ pub(crate) struct Shared {
     /// Bumped by every re-initialisation; sessions remember the one they were opened in.
     pub generation: AtomicU64,
     reinit: Mutex<()>,
+    /// Serialises key creation (find-then-create is not atomic in PKCS#11).
+    pub creating: Mutex<()>,
+    /// The token offers CKM_AES_KEY_WRAP_PAD, which backups need.
+    pub can_wrap: bool,
 }
 
 /// The backend handle the daemon holds.
@@ -111,6 +115,11 @@ impl Pkcs11Backend {
         }
         let slot = find_slot(&ctx, &config.token)?;
         let token_info = read_token_info(&ctx, slot);
+        // One targeted query: listing every mechanism makes cryptoki log each type it
+        // does not know.
+        let can_wrap = ctx
+            .get_mechanism_info(slot, cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD)
+            .is_ok();
         let backend = Self {
             shared: Arc::new(Shared {
                 ctx,
@@ -121,6 +130,8 @@ impl Pkcs11Backend {
                 keys: RwLock::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 reinit: Mutex::new(()),
+                creating: Mutex::new(()),
+                can_wrap,
             }),
         };
         // Logging in now turns a wrong PIN into a start-up error instead of a request error.
@@ -184,14 +195,17 @@ fn find_slot(ctx: &Pkcs11, choice: &TokenChoice) -> BackendResult<Slot> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| startup(format!("cannot list slots: {}", brief(&e))))?;
-    let described: Vec<(Slot, Option<cryptoki::slot::TokenInfo>)> =
-        slots.iter().map(|s| (*s, ctx.get_token_info(*s).ok())).collect();
+    // Some modules fill optional token-info fields that cryptoki cannot parse (opencryptoki's
+    // clock); keep the error so such a slot is not mistaken for an uninitialised one.
+    let described: Vec<(Slot, Result<cryptoki::slot::TokenInfo, String>)> =
+        slots.iter().map(|s| (*s, ctx.get_token_info(*s).map_err(|e| brief(&e)))).collect();
     let present = || {
         let labels: Vec<String> = described
             .iter()
             .map(|(s, t)| match t {
-                Some(t) if t.token_initialized() => format!("'{}' (slot {})", t.label(), s.id()),
-                _ => format!("uninitialised (slot {})", s.id()),
+                Ok(t) if t.token_initialized() => format!("'{}' (slot {})", t.label(), s.id()),
+                Ok(_) => format!("uninitialised (slot {})", s.id()),
+                Err(e) => format!("unreadable token info (slot {}: {e})", s.id()),
             })
             .collect();
         if labels.is_empty() { "none".to_owned() } else { labels.join(", ") }
@@ -199,10 +213,10 @@ fn find_slot(ctx: &Pkcs11, choice: &TokenChoice) -> BackendResult<Slot> {
     let chosen = match choice {
         TokenChoice::SlotId(id) => described.iter().find(|(s, _)| s.id() == *id),
         TokenChoice::First => {
-            described.iter().find(|(_, t)| t.as_ref().is_some_and(|t| t.token_initialized()))
+            described.iter().find(|(_, t)| t.as_ref().is_ok_and(|t| t.token_initialized()))
         }
         TokenChoice::Match(sel) => described.iter().find(|(s, t)| {
-            let Some(t) = t else { return false };
+            let Ok(t) = t else { return false };
             sel.token.as_deref().is_none_or(|l| l == t.label())
                 && sel.serial.as_deref().is_none_or(|v| v == t.serial_number())
                 && sel.model.as_deref().is_none_or(|v| v == t.model())
@@ -217,13 +231,18 @@ fn find_slot(ctx: &Pkcs11, choice: &TokenChoice) -> BackendResult<Slot> {
             present()
         )));
     };
-    if !info.as_ref().is_some_and(|t| t.token_initialized()) {
-        return Err(startup(format!(
+    match info {
+        Ok(t) if !t.token_initialized() => Err(startup(format!(
             "the token in slot {} is not initialised (initialise it first, e.g. softhsm2-util --init-token)",
             slot.id()
-        )));
+        ))),
+        // Chosen by slot number with unreadable info: logging in will tell.
+        Err(e) => {
+            tracing::warn!(slot = slot.id(), error = %e, "token info unreadable; using the slot as configured");
+            Ok(*slot)
+        }
+        Ok(_) => Ok(*slot),
     }
-    Ok(*slot)
 }
 
 fn describe(choice: &TokenChoice) -> String {
@@ -294,6 +313,6 @@ impl Backend for Pkcs11Backend {
     }
 
     fn supports_key_backup(&self) -> bool {
-        true
+        self.shared.can_wrap
     }
 }

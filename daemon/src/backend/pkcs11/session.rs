@@ -1,5 +1,6 @@
 //! One logged-in PKCS#11 session and the operations on it.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,8 +35,23 @@ const KEY_ATTRIBUTES: [AttributeType; 10] = [
 /// A session actor's PKCS#11 session.
 pub struct Pkcs11Session {
     shared: Arc<Shared>,
-    session: Session,
+    /// Opened "no drop": [`Drop`] below decides whether closing it is safe.
+    session: ManuallyDrop<Session>,
     generation: u64,
+}
+
+impl Drop for Pkcs11Session {
+    fn drop(&mut self) {
+        // SAFETY: `session` is taken exactly once, here, and never used afterwards.
+        let session = unsafe { ManuallyDrop::take(&mut self.session) };
+        // A handle from before a re-initialisation died with the old module state; its
+        // number may now belong to another actor's new session, so it must not be closed.
+        if self.shared.generation.load(Ordering::Acquire) == self.generation
+            && let Err(e) = session.close()
+        {
+            tracing::debug!(error = %super::brief(&e), "C_CloseSession");
+        }
+    }
 }
 
 impl Pkcs11Session {
@@ -43,12 +59,15 @@ impl Pkcs11Session {
     pub(crate) fn open(shared: Arc<Shared>) -> BackendResult<Self> {
         let generation = shared.generation.load(Ordering::Acquire);
         let slot = *read(&shared.slot);
-        let opened = shared.ctx.open_rw_session(slot).and_then(|session| {
-            login(&shared, &session)?;
+        let opened = shared.ctx.open_rw_session_no_drop(slot).and_then(|session| {
+            if let Err(e) = login(&shared, &session) {
+                let _ = session.close();
+                return Err(e);
+            }
             Ok(session)
         });
         match opened {
-            Ok(session) => Ok(Self { shared, session, generation }),
+            Ok(session) => Ok(Self { shared, session: ManuallyDrop::new(session), generation }),
             Err(e) => {
                 if let CkError::Pkcs11(rv, _) = e
                     && errors::recovery(rv) == Recovery::Reinitialize
@@ -224,6 +243,8 @@ impl BackendSession for Pkcs11Session {
     }
 
     fn generate_key(&mut self, label: &str, a: &KeyAttributes) -> BackendResult<KeyInfo> {
+        // Find-then-create is not atomic in PKCS#11: serialise creation in this daemon.
+        let _creating = self.shared.creating.lock().unwrap_or_else(|p| p.into_inner());
         if self.find(label)?.is_some() {
             return Err(BackendError::KeyExists(label.into()));
         }
@@ -262,8 +283,11 @@ impl BackendSession for Pkcs11Session {
             .map_err(|e| self.fail(e, "list keys"))?;
         let mut keys = Vec::with_capacity(handles.len());
         for handle in handles {
-            if let Some(info) = self.describe(handle)? {
-                keys.push(info);
+            match self.describe(handle) {
+                Ok(Some(info)) => keys.push(info),
+                // Destroyed by another process between the find and the read.
+                Ok(None) | Err(BackendError::KeyNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         keys.sort_by(|a, b| a.handle.cmp(&b.handle));
@@ -306,17 +330,18 @@ impl BackendSession for Pkcs11Session {
         if !key.info.attributes.extractable {
             return Err(BackendError::NotPermitted(format!("key '{label}' is not extractable")));
         }
-        let sealer = backup::Sealer::new(password, &key.info.attributes, KdfParams::default())?;
+        let sealer = backup::Sealer::new(password, KdfParams::default())?;
         let wrapped = self.with_wrapping_key(sealer.keys().wrapping_key(), |kek| {
             self.with_key(label, "wrap key", |s, k| {
                 s.wrap_key(&Mechanism::AesKeyWrapPad, kek, k.handle)
             })
         })?;
-        sealer.finish(&wrapped)
+        sealer.finish(&key.info.attributes, &wrapped)
     }
 
     fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {
         let opened = backup::open(blob, password)?;
+        let _creating = self.shared.creating.lock().unwrap_or_else(|p| p.into_inner());
         if self.find(label)?.is_some() {
             return Err(BackendError::KeyExists(label.into()));
         }

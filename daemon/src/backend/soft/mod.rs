@@ -188,9 +188,9 @@ impl BackendSession for SoftSession {
         if !k.stored.attributes.extractable {
             return Err(BackendError::NotPermitted(format!("key '{label}' is not extractable")));
         }
-        let sealer = backup::Sealer::new(password, &k.stored.attributes, KdfParams::default())?;
+        let sealer = backup::Sealer::new(password, KdfParams::default())?;
         let wrapped = backup::kwp_wrap(sealer.keys().wrapping_key(), k.stored.material.expose())?;
-        sealer.finish(&wrapped)
+        sealer.finish(&k.stored.attributes, &wrapped)
     }
 
     fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {
