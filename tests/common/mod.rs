@@ -121,6 +121,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// The SoftHSM2 installation, for `Token::SoftHsm` daemons.
     pub softhsm: Option<SoftHsm>,
+    /// A `[pkcs11]` section for a token set up outside the test (see `start_external`).
+    external: Option<String>,
     child: Option<Child>,
     extra_config: String,
     /// Everything every run of the daemon printed, drained continuously so a chatty
@@ -152,8 +154,30 @@ impl Daemon {
             dir,
             socket,
             softhsm,
+            external: None,
             child: None,
             extra_config: extra_config.to_owned(),
+            output: Arc::default(),
+            drains: Vec::new(),
+        };
+        d.write_config();
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon on a PKCS#11 token prepared outside the test (another vendor's
+    /// module): `pkcs11_section` is the body of its `[pkcs11]` section.
+    pub fn start_external(pin: &str, pkcs11_section: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("d.sock");
+        std::fs::write(dir.path().join("pin"), pin).expect("pin file");
+        let mut d = Daemon {
+            dir,
+            socket,
+            softhsm: None,
+            external: Some(format!("backend = \"pkcs11\"\n[pkcs11]\n{pkcs11_section}\n")),
+            child: None,
+            extra_config: String::new(),
             output: Arc::default(),
             drains: Vec::new(),
         };
@@ -168,7 +192,9 @@ impl Daemon {
     }
 
     fn write_config(&self) {
-        let backend = if self.softhsm.is_some() {
+        let backend = if let Some(section) = &self.external {
+            section.clone()
+        } else if self.softhsm.is_some() {
             format!(
                 "backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = {SOFTHSM2_MODULE:?}\ntoken_label = {TOKEN_LABEL:?}\n"
             )
@@ -182,7 +208,7 @@ impl Daemon {
             socket = self.socket,
             pin = self.dir.path().join("pin"),
         );
-        let text = if self.softhsm.is_some() {
+        let text = if self.softhsm.is_some() || self.external.is_some() {
             text
         } else {
             format!("{text}state_dir = {:?}\n", self.dir.path().join("state"))
