@@ -51,6 +51,9 @@ pub enum Error {
     /// The daemon is shutting down or its token is unreachable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Not allowed in the current state (e.g. committing an unvalidated rotation).
+    #[error("invalid state: {0}")]
+    InvalidState(String),
     /// An error code this client version does not know.
     #[error("error {code}: {message}")]
     Unknown {
@@ -93,6 +96,7 @@ impl Error {
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::KeyExists(_) => ErrorCode::KeyExists,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::InvalidState(_) => ErrorCode::InvalidState,
             Error::Unknown { code, .. } => ErrorCode::from_u16(*code),
             Error::Connect { .. } | Error::ConnectionLost(_) | Error::Protocol(_) => return None,
         })
@@ -127,6 +131,7 @@ impl From<WireError> for Error {
             ErrorCode::Unsupported => Error::Unsupported(m),
             ErrorCode::KeyExists => Error::KeyExists(m),
             ErrorCode::Unavailable => Error::Unavailable(m),
+            ErrorCode::InvalidState => Error::InvalidState(m),
             other => Error::Unknown { code: other.as_u16(), message: m },
         }
     }
@@ -138,7 +143,7 @@ mod tests {
 
     #[test]
     fn every_known_code_maps_to_its_variant_and_back() {
-        for n in 1..=13u16 {
+        for n in 1..=14u16 {
             let code = ErrorCode::from_u16(n);
             let e = Error::from(WireError::new(code, "m"));
             assert_eq!(e.code(), Some(code), "{e:?}");

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     KeyExists,
     /// The daemon is shutting down or the backend is unreachable.
     Unavailable,
+    /// The request is not allowed in the object's current state (e.g. committing a
+    /// rotation that was not validated).
+    InvalidState,
     /// A code this build does not know (sent by a newer peer).
     Unknown(u16),
 }
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => 11,
             ErrorCode::KeyExists => 12,
             ErrorCode::Unavailable => 13,
+            ErrorCode::InvalidState => 14,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -78,6 +82,7 @@ impl ErrorCode {
             11 => ErrorCode::Unsupported,
             12 => ErrorCode::KeyExists,
             13 => ErrorCode::Unavailable,
+            14 => ErrorCode::InvalidState,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -98,6 +103,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::KeyExists => "key_exists",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Unknown(_) => "unknown",
         }
     }
@@ -162,6 +168,7 @@ mod tests {
             (ErrorCode::Unsupported, 11),
             (ErrorCode::KeyExists, 12),
             (ErrorCode::Unavailable, 13),
+            (ErrorCode::InvalidState, 14),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n, "{code:?}");

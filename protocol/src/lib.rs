@@ -19,12 +19,14 @@
 
 pub mod codec;
 pub mod error;
+pub mod kek;
 pub mod message;
 pub mod paths;
 pub mod secret;
 
 pub use codec::{BodyError, FrameError, MessageCodec, bincode_config};
 pub use error::{ErrorCode, WireError};
+pub use kek::{DataKey, KekId, KekInfo, KekVersionInfo, KekVersionState, RotationStep};
 pub use message::{
     HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
     OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,

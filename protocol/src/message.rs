@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
+use crate::kek::{DataKey, KekInfo, RotationStep};
 use crate::secret::SecretBytes;
 
 /// The result of one operation on the wire.
@@ -227,6 +228,91 @@ pub enum Request {
         /// The password the backup was made with.
         password: SecretBytes,
     },
+    /// Creates version 1 of a named KEK in the token (see `docs/envelope.md`).
+    GenerateKek {
+        /// Its name (same rules as key labels).
+        name: String,
+    },
+    /// Every KEK with its versions and rotation state.
+    ListKeks,
+    /// A data key derived from the KEK's active version and `context`: deterministic for
+    /// (KEK version, context, length); the KEK never leaves the token.
+    DeriveDataKey {
+        /// The KEK's name.
+        kek: String,
+        /// What the key is for (a tenant, a table, a file...); binds the key.
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        /// Key length in bytes (16 to 64).
+        len: u32,
+    },
+    /// A fresh random data key and the same key wrapped by the KEK's active version.
+    GenerateDataKey {
+        /// The KEK's name.
+        kek: String,
+    },
+    /// Unwraps what `GenerateDataKey` returned as `wrapped`.
+    UnwrapDataKey {
+        /// The wrapped data key.
+        #[serde(with = "serde_bytes")]
+        wrapped: Vec<u8>,
+    },
+    /// AES-256-GCM in the daemon under the data key derived for `context`; the
+    /// ciphertext names its KEK version, so it decrypts after any rotation.
+    EnvelopeEncrypt {
+        /// The KEK's name.
+        kek: String,
+        /// The derivation context (also authenticated).
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        /// What to encrypt.
+        plaintext: SecretBytes,
+        /// Additional authenticated data.
+        #[serde(with = "serde_bytes")]
+        aad: Option<Vec<u8>>,
+    },
+    /// Reverses `EnvelopeEncrypt`; the KEK and version come from the ciphertext.
+    EnvelopeDecrypt {
+        /// The derivation context used to encrypt.
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        /// The envelope ciphertext.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The same AAD.
+        #[serde(with = "serde_bytes")]
+        aad: Option<Vec<u8>>,
+    },
+    /// Re-encrypts an envelope ciphertext (or a wrapped data key, with an empty context
+    /// and no AAD) under the KEK's active version, without returning the plaintext.
+    Rewrap {
+        /// The derivation context used to encrypt.
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        /// The ciphertext or wrapped data key.
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        /// The same AAD.
+        #[serde(with = "serde_bytes")]
+        aad: Option<Vec<u8>>,
+    },
+    /// One step of a KEK rotation.
+    Rotation {
+        /// The KEK's name.
+        kek: String,
+        /// The step.
+        step: RotationStep,
+    },
+    /// Retires a version that is not active: it stops decrypting, and with `destroy` its
+    /// keys are destroyed for good.
+    RetireKekVersion {
+        /// The KEK's name.
+        kek: String,
+        /// The version.
+        version: u32,
+        /// Destroy the keys (irreversible) instead of only disabling them.
+        destroy: bool,
+    },
 }
 
 impl Request {
@@ -248,6 +334,16 @@ impl Request {
             Request::Batch(_) => "batch",
             Request::BackupKey { .. } => "backup_key",
             Request::RestoreKey { .. } => "restore_key",
+            Request::GenerateKek { .. } => "generate_kek",
+            Request::ListKeks => "list_keks",
+            Request::DeriveDataKey { .. } => "derive_data_key",
+            Request::GenerateDataKey { .. } => "generate_data_key",
+            Request::UnwrapDataKey { .. } => "unwrap_data_key",
+            Request::EnvelopeEncrypt { .. } => "envelope_encrypt",
+            Request::EnvelopeDecrypt { .. } => "envelope_decrypt",
+            Request::Rewrap { .. } => "rewrap",
+            Request::Rotation { .. } => "rotation",
+            Request::RetireKekVersion { .. } => "retire_kek_version",
         }
     }
 }
@@ -291,6 +387,12 @@ pub enum Response {
     Batch(Vec<WireResult>),
     /// Answers [`Request::BackupKey`]: the backup blob.
     KeyBackup(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A KEK after the request (`GenerateKek`, `Rotation`, `RetireKekVersion`).
+    Kek(KekInfo),
+    /// Answers [`Request::ListKeks`].
+    Keks(Vec<KekInfo>),
+    /// Answers `DeriveDataKey`, `GenerateDataKey` and `UnwrapDataKey`.
+    DataKey(DataKey),
 }
 
 /// Overall health.

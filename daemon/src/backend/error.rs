@@ -47,6 +47,10 @@ pub enum BackendError {
     /// The backend could not start (module, token, PIN); the message says exactly why.
     #[error("{0}")]
     Startup(String),
+    /// The object's state does not allow this (rotation steps out of order, a retired
+    /// KEK version).
+    #[error("{0}")]
+    InvalidState(String),
     /// Anything else the token reported.
     #[error("{0}")]
     Failed(String),
@@ -72,6 +76,7 @@ impl BackendError {
             BackendError::SessionBroken(_) | BackendError::RetriesExhausted { .. } => {
                 ErrorCode::SessionInvalid
             }
+            BackendError::InvalidState(_) => ErrorCode::InvalidState,
             BackendError::Storage(_) | BackendError::Failed(_) => ErrorCode::OperationFailed,
         }
     }

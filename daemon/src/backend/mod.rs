@@ -13,6 +13,7 @@ pub mod pkcs11;
 pub mod soft;
 
 use harpocrates_protocol::{KeyAttributes, KeyInfo, SecretBytes, TokenInfo};
+use zeroize::Zeroizing;
 
 pub use error::BackendError;
 
@@ -62,6 +63,38 @@ pub trait BackendSession: Send {
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
         let _ = (label, password);
         Err(BackendError::Unsupported("this backend cannot back up keys".into()))
+    }
+
+    /// Creates a persistent generic-secret key of `len` bytes for HMAC-SHA256, sensitive
+    /// and non-extractable (a KEK's derivation key).
+    fn generate_hmac_key(&mut self, label: &str, len: usize) -> BackendResult<()> {
+        let _ = (label, len);
+        Err(BackendError::Unsupported("this backend cannot make HMAC keys".into()))
+    }
+
+    /// HMAC-SHA256 of `data` under the key `label`, computed by the token.
+    fn hmac_sha256(&mut self, label: &str, data: &[u8]) -> BackendResult<Zeroizing<[u8; 32]>> {
+        let _ = (label, data);
+        Err(BackendError::Unsupported("this backend cannot compute HMACs".into()))
+    }
+
+    /// Reads the persistent data object `label` (small state records, e.g. a KEK's
+    /// rotation state), if it exists.
+    fn read_object(&mut self, label: &str) -> BackendResult<Option<Vec<u8>>> {
+        let _ = label;
+        Err(BackendError::Unsupported("this backend cannot store data objects".into()))
+    }
+
+    /// Creates or replaces the data object `label`, atomically.
+    fn write_object(&mut self, label: &str, value: &[u8]) -> BackendResult<()> {
+        let _ = (label, value);
+        Err(BackendError::Unsupported("this backend cannot store data objects".into()))
+    }
+
+    /// Labels of the data objects whose label starts with `prefix`.
+    fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
+        let _ = prefix;
+        Err(BackendError::Unsupported("this backend cannot store data objects".into()))
     }
 
     /// Imports a [backup](crate::keys::backup) as a new key named `label`.

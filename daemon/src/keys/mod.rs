@@ -2,5 +2,8 @@
 
 pub mod backup;
 pub mod ciphertext;
+pub mod dek;
+pub mod envelope;
 pub mod kdf;
+pub mod kek;
 pub mod name;

@@ -25,7 +25,8 @@ pub struct Cli {
 const EXIT_CODES: &str = "\
 Exit codes: 0 ok; 1 operation failed; 2 usage; 64 invalid request; 65 integrity check \
 failed; 66 key not found; 69 daemon or token unavailable; 73 key exists; 75 busy (retry); \
-76 protocol/version mismatch or unsupported; 77 permission denied.";
+76 protocol/version mismatch or unsupported; 77 permission denied; 78 invalid state \
+(e.g. a rotation step out of order).";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]

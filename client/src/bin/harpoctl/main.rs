@@ -77,6 +77,7 @@ fn exit_code(e: &Error) -> u8 {
         Error::Busy(_) => 75,
         Error::UnsupportedVersion(_) | Error::Unsupported(_) | Error::Protocol(_) => 76,
         Error::PermissionDenied(_) => 77,
+        Error::InvalidState(_) => 78,
         _ => 1,
     }
 }

@@ -22,12 +22,29 @@ pub struct Work {
     pub reply: oneshot::Sender<Vec<WireResult>>,
 }
 
+/// Daemon-internal work on a session (the key manager's token calls), run with the same
+/// retry and supervision as client operations.
+pub trait Job: Send {
+    /// Runs on the actor's worker and delivers its own result.
+    fn run(self: Box<Self>, worker: &mut SessionWorker);
+    /// The operation name, for metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// What waits in the pool's queue.
+pub enum Queued {
+    /// Client operations.
+    Work(Work),
+    /// An internal job.
+    Job(Box<dyn Job>),
+}
+
 /// A batch of work for one actor. The permit bounds how many batches are queued.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ExecBatch {
     /// The work items.
-    pub work: Vec<Work>,
+    pub work: Vec<Queued>,
     /// Released when the batch is done.
     pub permit: OwnedSemaphorePermit,
 }
@@ -54,7 +71,21 @@ impl Handler<ExecBatch> for SessionActor {
 
     fn handle(&mut self, batch: ExecBatch, ctx: &mut SyncContext<Self>) {
         let mut poisoned = false;
-        for work in batch.work {
+        for item in batch.work {
+            let work = match item {
+                Queued::Work(work) => work,
+                Queued::Job(job) => {
+                    let name = job.name();
+                    let started = Instant::now();
+                    if catch_unwind(AssertUnwindSafe(|| job.run(&mut self.worker))).is_err() {
+                        poisoned = true;
+                        self.worker.reset();
+                        tracing::error!(job = name, "an internal job panicked");
+                    }
+                    self.metrics.record(name, true, started.elapsed());
+                    continue;
+                }
+            };
             let answers: Vec<WireResult> = work
                 .ops
                 .iter()

@@ -150,7 +150,7 @@ impl SessionWorker {
 
     /// Runs `op` on an open session, reopening and retrying on transient errors until
     /// the budget is spent.
-    fn with_session<T>(
+    pub fn with_session<T>(
         &mut self,
         mut op: impl FnMut(&mut dyn BackendSession) -> BackendResult<T>,
     ) -> BackendResult<T> {

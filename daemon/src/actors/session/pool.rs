@@ -13,8 +13,9 @@ use actix::{Addr, SyncArbiter};
 use harpocrates_protocol::{ErrorCode, Request, WireError, WireResult};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::actor::{ExecBatch, SessionActor, Work};
+use super::actor::{ExecBatch, Job, Queued, SessionActor, Work};
 use super::{PoolShared, SessionWorker};
+use crate::backend::{BackendResult, BackendSession};
 use crate::metrics::Metrics;
 
 /// Most work items one batch message carries.
@@ -23,7 +24,7 @@ const MAX_WORK_PER_BATCH: usize = 512;
 /// Handle to a running pool; cheap to clone.
 #[derive(Clone)]
 pub struct SessionPool {
-    queue: mpsc::Sender<Work>,
+    queue: mpsc::Sender<Queued>,
     shared: Arc<PoolShared>,
 }
 
@@ -54,19 +55,59 @@ impl SessionPool {
     ) -> Result<oneshot::Receiver<Vec<WireResult>>, WireError> {
         let (reply, rx) = oneshot::channel();
         let work = Work { ops, admitted: Instant::now(), reply };
-        self.queue.try_send(work).map_err(|e| match e {
+        self.admit(Queued::Work(work))?;
+        Ok(rx)
+    }
+
+    /// Runs `f` on a session (retried on broken sessions like any operation) and returns
+    /// its result. `name` labels it in the metrics.
+    pub async fn run<T, F>(&self, name: &'static str, f: F) -> Result<T, WireError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn BackendSession) -> BackendResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.admit(Queued::Job(Box::new(FnJob { name, f, reply })))?;
+        match rx.await {
+            Ok(result) => result.map_err(WireError::from),
+            Err(_) => Err(WireError::new(ErrorCode::Unavailable, "the session actor stopped")),
+        }
+    }
+
+    fn admit(&self, item: Queued) -> Result<(), WireError> {
+        self.queue.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 WireError::new(ErrorCode::Busy, "the HSM queue is full; retry later")
             }
             mpsc::error::TrySendError::Closed(_) => {
                 WireError::new(ErrorCode::Unavailable, "the session pool has stopped")
             }
-        })?;
-        Ok(rx)
+        })
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Work>, addr: Addr<SessionActor>, in_flight: usize) {
+struct FnJob<F, T> {
+    name: &'static str,
+    f: F,
+    reply: oneshot::Sender<BackendResult<T>>,
+}
+
+impl<F, T> Job for FnJob<F, T>
+where
+    T: Send,
+    F: FnMut(&mut dyn BackendSession) -> BackendResult<T> + Send,
+{
+    fn run(mut self: Box<Self>, worker: &mut SessionWorker) {
+        let result = worker.with_session(&mut self.f);
+        let _ = self.reply.send(result);
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Queued>, addr: Addr<SessionActor>, in_flight: usize) {
     let permits = Arc::new(Semaphore::new(in_flight));
     let mut batch = Vec::with_capacity(MAX_WORK_PER_BATCH);
     loop {

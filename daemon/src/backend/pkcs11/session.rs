@@ -19,6 +19,9 @@ use crate::keys::backup;
 use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
 use crate::keys::kdf::KdfParams;
 
+/// `CKA_APPLICATION` of the data objects the daemon keeps in the token.
+const DATA_APPLICATION: &[u8] = b"harpocrates";
+
 const KEY_ATTRIBUTES: [AttributeType; 10] = [
     AttributeType::Label,
     AttributeType::Id,
@@ -105,6 +108,18 @@ impl Pkcs11Session {
             );
         }
         Ok(self.describe(handle)?.map(|info| CachedKey { handle, info: Arc::new(info) }))
+    }
+
+    /// Finds our data object labelled `label`.
+    fn find_object(&self, label: &str) -> BackendResult<Option<ObjectHandle>> {
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(DATA_APPLICATION.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let found =
+            self.session.find_objects(&template).map_err(|e| self.fail(e, "find data object"))?;
+        Ok(found.first().copied())
     }
 
     /// Reads a key's attributes; `None` for key types we do not serve.
@@ -380,6 +395,107 @@ impl BackendSession for Pkcs11Session {
         write(&self.shared.keys)
             .insert(label.to_owned(), CachedKey { handle, info: Arc::new(info.clone()) });
         Ok(info)
+    }
+
+    fn generate_hmac_key(&mut self, label: &str, len: usize) -> BackendResult<()> {
+        let _creating = self.shared.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if self.find(label)?.is_some() {
+            return Err(BackendError::KeyExists(label.into()));
+        }
+        let mut id = vec![0u8; 16];
+        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen((len as u64).into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+        ];
+        self.session
+            .generate_key(&Mechanism::GenericSecretKeyGen, &template)
+            .map_err(|e| self.fail(e, "generate HMAC key"))?;
+        Ok(())
+    }
+
+    fn hmac_sha256(&mut self, label: &str, data: &[u8]) -> BackendResult<Zeroizing<[u8; 32]>> {
+        let mac = Zeroizing::new(
+            self.with_key(label, "hmac", |s, k| s.sign(&Mechanism::Sha256Hmac, k.handle, data))?,
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        if mac.len() != out.len() {
+            return Err(BackendError::Failed(format!("HMAC-SHA256 returned {} bytes", mac.len())));
+        }
+        out.copy_from_slice(&mac);
+        Ok(out)
+    }
+
+    fn read_object(&mut self, label: &str) -> BackendResult<Option<Vec<u8>>> {
+        let Some(handle) = self.find_object(label)? else { return Ok(None) };
+        let attrs = self
+            .session
+            .get_attributes(handle, &[AttributeType::Value])
+            .map_err(|e| self.fail(e, "read data object"))?;
+        Ok(attrs.into_iter().find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        }))
+    }
+
+    fn write_object(&mut self, label: &str, value: &[u8]) -> BackendResult<()> {
+        if let Some(handle) = self.find_object(label)? {
+            // One C_SetAttributeValue: the token replaces the value atomically.
+            return self
+                .session
+                .update_attributes(handle, &[Attribute::Value(value.to_vec())])
+                .map_err(|e| self.fail(e, "update data object"));
+        }
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(true),
+            Attribute::Application(DATA_APPLICATION.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value.to_vec()),
+        ];
+        self.session
+            .create_object(&template)
+            .map(drop)
+            .map_err(|e| self.fail(e, "create data object"))
+    }
+
+    fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
+        let handles = self
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(DATA_APPLICATION.to_vec()),
+            ])
+            .map_err(|e| self.fail(e, "list data objects"))?;
+        let mut labels = Vec::new();
+        for h in handles {
+            let attrs = match self.session.get_attributes(h, &[AttributeType::Label]) {
+                Ok(a) => a,
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                Err(e) => return Err(self.fail(e, "read data object label")),
+            };
+            for a in attrs {
+                if let Attribute::Label(l) = a {
+                    let l = String::from_utf8_lossy(&l).into_owned();
+                    if l.starts_with(prefix) {
+                        labels.push(l);
+                    }
+                }
+            }
+        }
+        labels.sort();
+        Ok(labels)
     }
 
     fn probe(&mut self) -> BackendResult<()> {

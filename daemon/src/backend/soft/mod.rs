@@ -14,7 +14,7 @@ use harpocrates_protocol::{KeyAlgorithm, KeyAttributes, KeyInfo, SecretBytes, To
 use zeroize::Zeroizing;
 
 use self::cipher::GcmKey;
-use self::store::{KdfParams, KeyStoreFile, StoreError, StoredKey};
+use self::store::{Contents, KdfParams, KeyStoreFile, StoreError, StoredKey};
 use super::{Backend, BackendError, BackendResult, BackendSession};
 use crate::keys::backup;
 
@@ -29,29 +29,46 @@ pub struct SoftConfig {
 
 struct SoftKey {
     stored: StoredKey,
-    gcm: GcmKey,
+    /// The AES-GCM key schedule; `None` for generic secrets (HMAC keys).
+    gcm: Option<GcmKey>,
 }
 
 impl SoftKey {
     fn new(stored: StoredKey) -> BackendResult<Self> {
-        let gcm = GcmKey::new(stored.material.expose())?;
+        let gcm = match stored.algorithm {
+            KeyAlgorithm::GenericSecret => None,
+            _ => Some(GcmKey::new(stored.material.expose())?),
+        };
         Ok(Self { stored, gcm })
     }
 
     fn info(&self) -> KeyInfo {
         KeyInfo {
             handle: self.stored.label.clone().into(),
-            algorithm: KeyAlgorithm::Aes,
+            algorithm: self.stored.algorithm,
             attributes: self.stored.attributes,
             id: self.stored.id.clone(),
         }
     }
+
+    fn gcm(&self) -> BackendResult<&GcmKey> {
+        self.gcm.as_ref().ok_or_else(|| {
+            BackendError::NotPermitted(format!("key '{}' is not an AES key", self.stored.label))
+        })
+    }
+}
+
+/// What the token holds: keys and data objects, saved and published together.
+#[derive(Clone, Default)]
+struct SoftState {
+    keys: BTreeMap<String, Arc<SoftKey>>,
+    objects: BTreeMap<String, Vec<u8>>,
 }
 
 /// The soft token. Cheap to share: sessions hold an `Arc` to it.
 pub struct SoftToken {
     file: KeyStoreFile,
-    keys: RwLock<BTreeMap<String, Arc<SoftKey>>>,
+    state: RwLock<SoftState>,
 }
 
 impl From<StoreError> for BackendError {
@@ -68,37 +85,41 @@ impl From<StoreError> for BackendError {
 impl SoftToken {
     /// Opens (or creates) the token in `config.state_dir`, unlocking it with `pin`.
     pub fn open(config: &SoftConfig, pin: &Zeroizing<String>) -> BackendResult<Arc<Self>> {
-        let (file, stored) =
+        let (file, contents) =
             KeyStoreFile::open_or_create(&config.state_dir, pin.as_bytes(), config.kdf)?;
-        let mut keys = BTreeMap::new();
-        for k in stored {
-            keys.insert(k.label.clone(), Arc::new(SoftKey::new(k)?));
+        let mut state = SoftState::default();
+        for k in contents.keys {
+            state.keys.insert(k.label.clone(), Arc::new(SoftKey::new(k)?));
         }
-        Ok(Arc::new(Self { file, keys: RwLock::new(keys) }))
+        state.objects = contents.objects.into_iter().collect();
+        Ok(Arc::new(Self { file, state: RwLock::new(state) }))
     }
 
     fn key(&self, label: &str) -> BackendResult<Arc<SoftKey>> {
-        self.read().get(label).cloned().ok_or_else(|| BackendError::KeyNotFound(label.into()))
+        self.read().keys.get(label).cloned().ok_or_else(|| BackendError::KeyNotFound(label.into()))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<SoftKey>>> {
-        // A panic while holding the lock cannot leave the map half-updated (every write
-        // is a single insert/remove after the file is saved), so poisoning is harmless.
-        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SoftState> {
+        // A panic while holding the lock cannot leave the state half-updated (it is
+        // replaced whole, after the file is saved), so poisoning is harmless.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies `change` to a copy of the key list, saves it, and only then publishes it:
-    /// a failed save changes nothing.
+    /// Applies `change` to a copy of the state, saves it, and only then publishes it: a
+    /// failed save changes nothing.
     fn mutate<T>(
         &self,
-        change: impl FnOnce(&mut BTreeMap<String, Arc<SoftKey>>) -> BackendResult<T>,
+        change: impl FnOnce(&mut SoftState) -> BackendResult<T>,
     ) -> BackendResult<T> {
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = keys.clone();
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = state.clone();
         let out = change(&mut next)?;
-        let stored: Vec<StoredKey> = next.values().map(|k| k.stored.clone()).collect();
-        self.file.save(&stored)?;
-        *keys = next;
+        let contents = Contents {
+            keys: next.keys.values().map(|k| k.stored.clone()).collect(),
+            objects: next.objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        self.file.save(&contents)?;
+        *state = next;
         Ok(out)
     }
 }
@@ -136,6 +157,7 @@ impl SoftSession {
     fn insert(
         &mut self,
         label: &str,
+        algorithm: KeyAlgorithm,
         attributes: &KeyAttributes,
         material: Zeroizing<Vec<u8>>,
     ) -> BackendResult<KeyInfo> {
@@ -145,16 +167,17 @@ impl SoftSession {
         let key = Arc::new(SoftKey::new(StoredKey {
             label: label.into(),
             id,
+            algorithm,
             attributes: *attributes,
             material: material.into(),
             created_unix,
         })?);
         let info = key.info();
-        self.token.mutate(|keys| {
-            if keys.contains_key(label) {
+        self.token.mutate(|state| {
+            if state.keys.contains_key(label) {
                 return Err(BackendError::KeyExists(label.into()));
             }
-            keys.insert(label.into(), key);
+            state.keys.insert(label.into(), key);
             Ok(())
         })?;
         Ok(info)
@@ -180,7 +203,7 @@ impl BackendSession for SoftSession {
             )));
         }
         let material = random_bytes(attributes.size_bits as usize / 8)?;
-        self.insert(label, attributes, material)
+        self.insert(label, KeyAlgorithm::Aes, attributes, material)
     }
 
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
@@ -201,11 +224,11 @@ impl BackendSession for SoftSession {
                 "backup key length disagrees with its header".into(),
             ));
         }
-        self.insert(label, &opened.attributes, material)
+        self.insert(label, KeyAlgorithm::Aes, &opened.attributes, material)
     }
 
     fn list_keys(&mut self) -> BackendResult<Vec<KeyInfo>> {
-        Ok(self.token.read().values().map(|k| k.info()).collect())
+        Ok(self.token.read().keys.values().map(|k| k.info()).collect())
     }
 
     fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
@@ -213,7 +236,7 @@ impl BackendSession for SoftSession {
         if !k.stored.attributes.encrypt {
             return Err(BackendError::NotPermitted(format!("key '{key}' may not encrypt")));
         }
-        k.gcm.seal(plaintext, aad)
+        k.gcm()?.seal(plaintext, aad)
     }
 
     fn decrypt(&mut self, key: &str, ciphertext: &[u8], aad: &[u8]) -> BackendResult<SecretBytes> {
@@ -221,16 +244,63 @@ impl BackendSession for SoftSession {
         if !k.stored.attributes.decrypt {
             return Err(BackendError::NotPermitted(format!("key '{key}' may not decrypt")));
         }
-        Ok(k.gcm.open(ciphertext, aad)?.into())
+        Ok(k.gcm()?.open(ciphertext, aad)?.into())
     }
 
     fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
-        self.token.mutate(|keys| {
-            keys.remove(label).map(|_| ()).ok_or_else(|| BackendError::KeyNotFound(label.into()))
+        self.token.mutate(|state| {
+            state
+                .keys
+                .remove(label)
+                .map(|_| ())
+                .ok_or_else(|| BackendError::KeyNotFound(label.into()))
         })
     }
 
     fn probe(&mut self) -> BackendResult<()> {
         Ok(())
+    }
+
+    fn generate_hmac_key(&mut self, label: &str, len: usize) -> BackendResult<()> {
+        let attributes = KeyAttributes {
+            size_bits: u32::try_from(len * 8).unwrap_or(0),
+            extractable: false,
+            sensitive: true,
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+        };
+        self.insert(label, KeyAlgorithm::GenericSecret, &attributes, random_bytes(len)?).map(drop)
+    }
+
+    fn hmac_sha256(&mut self, label: &str, data: &[u8]) -> BackendResult<Zeroizing<[u8; 32]>> {
+        use hmac::{KeyInit, Mac};
+        let k = self.token.key(label)?;
+        if k.stored.algorithm != KeyAlgorithm::GenericSecret {
+            return Err(BackendError::NotPermitted(format!("key '{label}' is not an HMAC key")));
+        }
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(k.stored.material.expose())
+                .map_err(|_| BackendError::Failed("bad HMAC key".into()))?;
+        mac.update(data);
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        Ok(out)
+    }
+
+    fn read_object(&mut self, label: &str) -> BackendResult<Option<Vec<u8>>> {
+        Ok(self.token.read().objects.get(label).cloned())
+    }
+
+    fn write_object(&mut self, label: &str, value: &[u8]) -> BackendResult<()> {
+        self.token.mutate(|state| {
+            state.objects.insert(label.to_owned(), value.to_vec());
+            Ok(())
+        })
+    }
+
+    fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
+        Ok(self.token.read().objects.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
     }
 }

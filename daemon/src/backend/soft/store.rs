@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce, Tag};
-use harpocrates_protocol::{KeyAttributes, SecretBytes};
+use harpocrates_protocol::{KeyAlgorithm, KeyAttributes, SecretBytes};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use crate::keys::kdf::KdfParams;
 
 const MAGIC: &[u8; 8] = b"HARPSOFT";
-const FORMAT: u8 = 1;
+/// Format 2 added key algorithms and data objects; format 1 stores are still read.
+const FORMAT: u8 = 2;
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 8 + 1 + 12 + SALT_LEN + NONCE_LEN;
@@ -45,17 +46,56 @@ pub struct StoredKey {
     pub label: String,
     /// Random identifier (the CKA_ID equivalent).
     pub id: Vec<u8>,
+    /// AES or generic secret (HMAC).
+    pub algorithm: KeyAlgorithm,
     /// Size and usage.
     pub attributes: KeyAttributes,
-    /// The raw AES key.
+    /// The raw key.
     pub material: SecretBytes,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Contents {
-    keys: Vec<StoredKey>,
+/// Everything a store holds.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Contents {
+    /// Keys.
+    pub keys: Vec<StoredKey>,
+    /// Data objects (label, value): small state records such as KEK rotation state.
+    pub objects: Vec<(String, Vec<u8>)>,
+}
+
+/// Format 1: AES keys only.
+#[derive(Deserialize)]
+struct ContentsV1 {
+    keys: Vec<StoredKeyV1>,
+}
+
+#[derive(Deserialize)]
+struct StoredKeyV1 {
+    label: String,
+    id: Vec<u8>,
+    attributes: KeyAttributes,
+    material: SecretBytes,
+    created_unix: u64,
+}
+
+impl From<ContentsV1> for Contents {
+    fn from(v1: ContentsV1) -> Self {
+        let keys = v1
+            .keys
+            .into_iter()
+            .map(|k| StoredKey {
+                label: k.label,
+                id: k.id,
+                algorithm: KeyAlgorithm::Aes,
+                attributes: k.attributes,
+                material: k.material,
+                created_unix: k.created_unix,
+            })
+            .collect();
+        Self { keys, objects: Vec::new() }
+    }
 }
 
 /// Why the store could not be opened or written.
@@ -112,7 +152,7 @@ impl KeyStoreFile {
         dir: &Path,
         pin: &[u8],
         params: KdfParams,
-    ) -> Result<(Self, Vec<StoredKey>), StoreError> {
+    ) -> Result<(Self, Contents), StoreError> {
         // Private: the directory holds the (encrypted) keys and, in dev mode, the PIN.
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -135,8 +175,8 @@ impl KeyStoreFile {
                     source: std::io::Error::other(e.to_string()),
                 })?;
                 let store = Self::with_params(path, params, salt, pin, lock)?;
-                store.save(&[])?;
-                Ok((store, Vec::new()))
+                store.save(&Contents::default())?;
+                Ok((store, Contents::default()))
             }
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -147,7 +187,7 @@ impl KeyStoreFile {
         bytes: Vec<u8>,
         pin: &[u8],
         lock: File,
-    ) -> Result<(Self, Vec<StoredKey>), StoreError> {
+    ) -> Result<(Self, Contents), StoreError> {
         let corrupt =
             |reason: &str| StoreError::Corrupt { path: path.clone(), reason: reason.into() };
         if bytes.len() < HEADER_LEN + TAG_LEN {
@@ -156,7 +196,7 @@ impl KeyStoreFile {
         if &bytes[..8] != MAGIC {
             return Err(corrupt("bad magic"));
         }
-        if bytes[8] != FORMAT {
+        if bytes[8] != FORMAT && bytes[8] != 1 {
             return Err(corrupt(&format!("format version {} is not supported", bytes[8])));
         }
         let u32_at = |at: usize| {
@@ -178,13 +218,22 @@ impl KeyStoreFile {
             .cipher
             .decrypt_inout_detached(&nonce, header, plain.as_mut_slice().into(), &tag)
             .map_err(|_| StoreError::WrongPin(path.clone()))?;
-        let (contents, used): (Contents, usize) =
-            bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-                .map_err(|e| corrupt(&e.to_string()))?;
-        if used != plain.len() {
-            return Err(corrupt("trailing bytes"));
+        fn decode<T: serde::de::DeserializeOwned>(plain: &[u8]) -> Result<T, String> {
+            let (value, used) =
+                bincode::serde::decode_from_slice(plain, bincode::config::standard())
+                    .map_err(|e| e.to_string())?;
+            if used != plain.len() {
+                return Err("trailing bytes".into());
+            }
+            Ok(value)
         }
-        Ok((store, contents.keys))
+        let contents = if header[8] == 1 {
+            decode::<ContentsV1>(&plain).map(Contents::from)
+        } else {
+            decode::<Contents>(&plain)
+        }
+        .map_err(|e| corrupt(&e))?;
+        Ok((store, contents))
     }
 
     fn with_params(
@@ -215,14 +264,12 @@ impl KeyStoreFile {
         &self.path
     }
 
-    /// Replaces the store's contents with `keys`, atomically and durably.
-    pub fn save(&self, keys: &[StoredKey]) -> Result<(), StoreError> {
-        let contents = Contents { keys: keys.to_vec() };
+    /// Replaces the store's contents, atomically and durably.
+    pub fn save(&self, contents: &Contents) -> Result<(), StoreError> {
         let mut sealed = Zeroizing::new(
-            bincode::serde::encode_to_vec(&contents, bincode::config::standard())
+            bincode::serde::encode_to_vec(contents, bincode::config::standard())
                 .map_err(|e| StoreError::Seal { path: self.path.clone(), reason: e.to_string() })?,
         );
-        drop(contents);
         let mut nonce_bytes = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce_bytes).map_err(|e| StoreError::Io {
             path: self.path.clone(),
@@ -280,10 +327,15 @@ mod tests {
         KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
     }
 
+    fn keys_only(keys: Vec<StoredKey>) -> Contents {
+        Contents { keys, objects: vec![("#state".into(), vec![1, 2, 3])] }
+    }
+
     fn key(label: &str) -> StoredKey {
         StoredKey {
             label: label.into(),
             id: vec![1, 2],
+            algorithm: KeyAlgorithm::Aes,
             attributes: KeyAttributes::aes(256),
             material: vec![7; 32].into(),
             created_unix: 5,
@@ -296,14 +348,20 @@ mod tests {
         {
             let (store, keys) =
                 KeyStoreFile::open_or_create(dir.path(), b"1234", fast()).expect("create");
-            assert!(keys.is_empty());
-            store.save(&[key("alpha"), key("beta")]).expect("save");
+            assert!(keys.keys.is_empty());
+            store.save(&keys_only(vec![key("alpha"), key("beta")])).expect("save");
         }
         let raw = fs::read(dir.path().join(STORE_FILE)).expect("read");
         assert!(!raw.windows(5).any(|w| w == b"alpha"), "labels must be encrypted at rest");
         assert!(!raw.windows(32).any(|w| w == [7; 32]), "key material must be encrypted at rest");
         let (_store, keys) =
             KeyStoreFile::open_or_create(dir.path(), b"1234", fast()).expect("reopen");
+        assert_eq!(
+            keys.objects,
+            [("#state".to_owned(), vec![1, 2, 3])],
+            "data objects persist too"
+        );
+        let keys = keys.keys;
         let labels: Vec<_> = keys.iter().map(|k| k.label.as_str()).collect();
         assert_eq!(labels, ["alpha", "beta"]);
         assert_eq!(keys[0].material.expose(), &[7; 32]);
@@ -333,7 +391,7 @@ mod tests {
         {
             let (store, _) =
                 KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).expect("create");
-            store.save(&[key("a")]).expect("save");
+            store.save(&keys_only(vec![key("a")])).expect("save");
         }
         let path = dir.path().join(STORE_FILE);
         let good = fs::read(&path).expect("read");
@@ -363,14 +421,14 @@ mod tests {
     fn failed_save_leaves_the_old_store_intact() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).expect("create");
-        store.save(&[key("kept")]).expect("save");
+        store.save(&keys_only(vec![key("kept")])).expect("save");
         // A directory where the temp file should go makes the write fail.
         fs::create_dir(dir.path().join("keystore.hks.tmp")).expect("mkdir");
-        assert!(store.save(&[key("kept"), key("lost")]).is_err());
+        assert!(store.save(&keys_only(vec![key("kept"), key("lost")])).is_err());
         fs::remove_dir(dir.path().join("keystore.hks.tmp")).expect("rmdir");
         drop(store);
         let (_s, keys) = KeyStoreFile::open_or_create(dir.path(), b"pin", fast()).expect("reopen");
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].label, "kept");
+        assert_eq!(keys.keys.len(), 1);
+        assert_eq!(keys.keys[0].label, "kept");
     }
 }
