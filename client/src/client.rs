@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use harpocrates_protocol::{
-    HealthStatus, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot, Request, Response,
-    SecretBytes, paths,
+    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot, Request,
+    Response, RotationStep, SecretBytes, paths,
 };
 
 use crate::batch::BatchBuilder;
@@ -201,6 +201,121 @@ impl Client {
         expect_response!(self.call(request).await?, Response::KeyGenerated(k) => k)
     }
 
+    /// Creates version 1 of a KEK named `name` in the token.
+    pub async fn generate_kek(&self, name: &str) -> Result<KekInfo> {
+        expect_response!(self.call(Request::GenerateKek { name: name.into() }).await?, Response::Kek(k) => k)
+    }
+
+    /// Every KEK, with versions and rotation state.
+    pub async fn list_keks(&self) -> Result<Vec<KekInfo>> {
+        expect_response!(self.call(Request::ListKeks).await?, Response::Keks(k) => k)
+    }
+
+    /// A `len`-byte data key derived from the KEK's active version and `context`
+    /// (deterministic for the same version, context and length).
+    pub async fn derive_data_key(&self, kek: &str, context: &[u8], len: u32) -> Result<DataKey> {
+        let request = Request::DeriveDataKey { kek: kek.into(), context: context.to_vec(), len };
+        expect_response!(self.call(request).await?, Response::DataKey(k) => k)
+    }
+
+    /// A random 32-byte data key, with the same key wrapped by the KEK (store `wrapped`
+    /// beside your data; [`unwrap_data_key`](Self::unwrap_data_key) recovers the key).
+    pub async fn generate_data_key(&self, kek: &str) -> Result<DataKey> {
+        expect_response!(self.call(Request::GenerateDataKey { kek: kek.into() }).await?, Response::DataKey(k) => k)
+    }
+
+    /// Unwraps a data key made by [`generate_data_key`](Self::generate_data_key).
+    pub async fn unwrap_data_key(&self, wrapped: &[u8]) -> Result<DataKey> {
+        let request = Request::UnwrapDataKey { wrapped: wrapped.to_vec() };
+        expect_response!(self.call(request).await?, Response::DataKey(k) => k)
+    }
+
+    /// Envelope encryption: AES-256-GCM in the daemon under the data key derived for
+    /// `context` from the KEK's active version. The ciphertext names its KEK version.
+    pub async fn encrypt_with_context(
+        &self,
+        kek: &str,
+        context: &[u8],
+        plaintext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let request = Request::EnvelopeEncrypt {
+            kek: kek.into(),
+            context: context.to_vec(),
+            plaintext: plaintext.into(),
+            aad: aad.map(<[u8]>::to_vec),
+        };
+        expect_response!(self.call(request).await?, Response::Ciphertext(c) => c)
+    }
+
+    /// Reverses [`encrypt_with_context`](Self::encrypt_with_context), after any rotation.
+    pub async fn decrypt_with_context(
+        &self,
+        context: &[u8],
+        ciphertext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<SecretBytes> {
+        let request = Request::EnvelopeDecrypt {
+            context: context.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+            aad: aad.map(<[u8]>::to_vec),
+        };
+        expect_response!(self.call(request).await?, Response::Plaintext(p) => p)
+    }
+
+    /// Moves an envelope ciphertext (or a wrapped data key, with an empty context and no
+    /// AAD) to the KEK's active version without the plaintext leaving the daemon.
+    pub async fn rewrap(
+        &self,
+        context: &[u8],
+        ciphertext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let request = Request::Rewrap {
+            context: context.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+            aad: aad.map(<[u8]>::to_vec),
+        };
+        expect_response!(self.call(request).await?, Response::Ciphertext(c) => c)
+    }
+
+    /// One rotation step (or `RotationStep::Status`).
+    pub async fn rotate(&self, kek: &str, step: RotationStep) -> Result<KekInfo> {
+        expect_response!(self.call(Request::Rotation { kek: kek.into(), step }).await?, Response::Kek(k) => k)
+    }
+
+    /// `Active(v)` → `Pending(v, v+1)`.
+    pub async fn prepare_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Prepare).await
+    }
+
+    /// Round-trips through the pending version inside the token.
+    pub async fn validate_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Validate).await
+    }
+
+    /// Makes the validated pending version active.
+    pub async fn commit_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Commit).await
+    }
+
+    /// Abandons the pending version, destroying it.
+    pub async fn rollback_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Rollback).await
+    }
+
+    /// Retires an inactive version (it stops decrypting); with `destroy`, its keys are
+    /// destroyed for good.
+    pub async fn retire_kek_version(
+        &self,
+        kek: &str,
+        version: u32,
+        destroy: bool,
+    ) -> Result<KekInfo> {
+        let request = Request::RetireKekVersion { kek: kek.into(), version, destroy };
+        expect_response!(self.call(request).await?, Response::Kek(k) => k)
+    }
+
     /// Whether the backend can export password-protected key backups.
     pub async fn supports_key_backup(&self) -> Result<bool> {
         expect_response!(self.call(Request::SupportsKeyBackup).await?, Response::BackupSupported(b) => b)
@@ -233,6 +348,9 @@ pub(crate) fn describe(response: &Response) -> &'static str {
         Response::Metrics(_) => "Metrics",
         Response::Batch(_) => "Batch",
         Response::KeyBackup(_) => "KeyBackup",
+        Response::Kek(_) => "Kek",
+        Response::Keks(_) => "Keks",
+        Response::DataKey(_) => "DataKey",
         _ => "a newer response kind",
     }
 }

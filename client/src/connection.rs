@@ -230,6 +230,23 @@ fn size_hint(request: &Request) -> usize {
                 label.len() + backup.len() + password.len()
             }
             Request::Batch(items) => items.iter().map(size_hint).sum(),
+            Request::EnvelopeEncrypt { kek, context, plaintext, aad } => {
+                kek.len()
+                    + 2 * context.len()
+                    + plaintext.len()
+                    + aad.as_ref().map_or(0, Vec::len)
+                    + 160
+            }
+            Request::EnvelopeDecrypt { context, ciphertext, aad }
+            | Request::Rewrap { context, ciphertext, aad } => {
+                context.len() + 2 * ciphertext.len() + aad.as_ref().map_or(0, Vec::len) + 160
+            }
+            Request::DeriveDataKey { kek, context, .. } => kek.len() + context.len() + 200,
+            Request::UnwrapDataKey { wrapped } => wrapped.len() + 200,
+            Request::GenerateKek { name: kek }
+            | Request::GenerateDataKey { kek }
+            | Request::Rotation { kek, .. }
+            | Request::RetireKekVersion { kek, .. } => kek.len() + 1024,
             _ => 0,
         }
 }

@@ -36,4 +36,6 @@ pub use blocking::BlockingClient;
 pub use client::Client;
 pub use connection::{ClientOptions, ServerInfo};
 pub use error::{Error, Result};
-pub use harpocrates_protocol::{KeyAttributes, KeyInfo, SecretBytes};
+pub use harpocrates_protocol::{
+    DataKey, KekId, KekInfo, KekVersionState, KeyAttributes, KeyInfo, RotationStep, SecretBytes,
+};

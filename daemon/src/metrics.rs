@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use harpocrates_protocol::{MetricsSnapshot, OpMetrics};
 
 /// Every operation name counted, in report order (see `Request::op_name`).
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 25] = [
     "hello",
     "ping",
     "generate_random",
@@ -24,6 +24,16 @@ pub const OPS: [&str; 15] = [
     "batch",
     "backup_key",
     "restore_key",
+    "generate_kek",
+    "list_keks",
+    "derive_data_key",
+    "generate_data_key",
+    "unwrap_data_key",
+    "envelope_encrypt",
+    "envelope_decrypt",
+    "rewrap",
+    "rotation",
+    "retire_kek_version",
 ];
 
 /// How far back `ops_per_sec` looks.
@@ -199,6 +209,21 @@ mod tests {
                 backup: Vec::new(),
                 password: Vec::new().into(),
             },
+            Request::GenerateKek { name: "k".into() },
+            Request::ListKeks,
+            Request::DeriveDataKey { kek: "k".into(), context: Vec::new(), len: 32 },
+            Request::GenerateDataKey { kek: "k".into() },
+            Request::UnwrapDataKey { wrapped: Vec::new() },
+            Request::EnvelopeEncrypt {
+                kek: "k".into(),
+                context: Vec::new(),
+                plaintext: Vec::new().into(),
+                aad: None,
+            },
+            Request::EnvelopeDecrypt { context: Vec::new(), ciphertext: Vec::new(), aad: None },
+            Request::Rewrap { context: Vec::new(), ciphertext: Vec::new(), aad: None },
+            Request::Rotation { kek: "k".into(), step: harpocrates_protocol::RotationStep::Status },
+            Request::RetireKekVersion { kek: "k".into(), version: 1, destroy: false },
         ];
         let m = Metrics::new();
         for r in &all {

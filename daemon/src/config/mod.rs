@@ -103,6 +103,8 @@ pub struct Settings {
     pub session_timeout: Duration,
     /// Broken-session retry budget.
     pub retry: RetryPolicy,
+    /// Key-manager settings.
+    pub keys: crate::keys::manager::KeyManagerSettings,
     /// PIN sources.
     pub pin: PinSource,
     /// Log filter.
@@ -245,6 +247,20 @@ impl Settings {
             retry: RetryPolicy {
                 attempts: bounded("retry_attempts", raw.retry_attempts, 3, 0, 100)? as u32,
                 delay: duration("retry_delay", raw.retry_delay.as_deref(), Duration::from_secs(5))?,
+            },
+            keys: crate::keys::manager::KeyManagerSettings {
+                kek_refresh: duration(
+                    "kek_refresh",
+                    raw.kek_refresh.as_deref(),
+                    Duration::from_secs(5),
+                )?,
+                dek_cache_size: bounded("dek_cache_size", raw.dek_cache_size, 10_000, 1, 1 << 20)?
+                    as usize,
+                dek_cache_ttl: duration(
+                    "dek_cache_ttl",
+                    raw.dek_cache_ttl.as_deref(),
+                    Duration::from_secs(300),
+                )?,
             },
             pin: PinSource { credential: raw.pin_credential, file: raw.pin_file, env: raw.pin_env },
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),

@@ -38,6 +38,13 @@ pub struct RawConfig {
     pub pin_env: Option<String>,
     /// Name of a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`) holding the PIN.
     pub pin_credential: Option<String>,
+    /// How long a cached KEK state is trusted before it is re-read from the token (how
+    /// soon a rotation committed by another daemon on the same token is seen), e.g. `"5s"`.
+    pub kek_refresh: Option<String>,
+    /// Most derived data keys cached.
+    pub dek_cache_size: Option<u64>,
+    /// How long a derived data key stays cached, e.g. `"5m"`.
+    pub dek_cache_ttl: Option<String>,
     /// Log filter, e.g. `"info"` or `"harpocrates_daemon=debug"`.
     pub log_level: Option<String>,
     /// The soft token's settings.

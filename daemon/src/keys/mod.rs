@@ -6,4 +6,5 @@ pub mod dek;
 pub mod envelope;
 pub mod kdf;
 pub mod kek;
+pub mod manager;
 pub mod name;

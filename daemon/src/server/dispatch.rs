@@ -12,8 +12,12 @@ use harpocrates_protocol::{
     ErrorCode, MAX_BATCH_LEN, MAX_RANDOM_LEN, Request, Response, WireError, WireResult,
 };
 
+use actix::Addr;
+
+use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
 use crate::actors::session::pool::SessionPool;
 use crate::keys::backup::MAX_BACKUP_LEN;
+use crate::keys::manager::KeyManager;
 use crate::keys::name::validate_label;
 use crate::metrics::Metrics;
 
@@ -21,18 +25,82 @@ use crate::metrics::Metrics;
 pub struct Router {
     pool: SessionPool,
     metrics: Arc<Metrics>,
+    keys: Arc<KeyManager>,
+    coordinator: Addr<RotationCoordinator>,
 }
 
 /// Where one request is answered.
 enum Place {
     Here(WireResult),
     Pool,
+    Keys,
 }
 
 impl Router {
-    /// A router over `pool`.
-    pub fn new(pool: SessionPool, metrics: Arc<Metrics>) -> Self {
-        Self { pool, metrics }
+    /// A router over `pool`, with the key manager and its rotation coordinator.
+    pub fn new(
+        pool: SessionPool,
+        metrics: Arc<Metrics>,
+        keys: Arc<KeyManager>,
+        coordinator: Addr<RotationCoordinator>,
+    ) -> Self {
+        Self { pool, metrics, keys, coordinator }
+    }
+
+    /// Answers a key-manager request.
+    async fn key_manager(&self, request: Request) -> WireResult {
+        let started = Instant::now();
+        let name = request.op_name();
+        let km = &self.keys;
+        let change = |msg| async move {
+            self.coordinator.send(msg).await.unwrap_or_else(|_| {
+                Err(WireError::new(ErrorCode::Unavailable, "the rotation coordinator stopped"))
+            })
+        };
+        let result = match request {
+            Request::GenerateKek { name } => {
+                change(KekChange::Create(name)).await.map(Response::Kek)
+            }
+            Request::Rotation { kek, step } => {
+                change(KekChange::Step(kek, step)).await.map(Response::Kek)
+            }
+            Request::RetireKekVersion { kek, version, destroy } => {
+                change(KekChange::Retire { name: kek, version, destroy }).await.map(Response::Kek)
+            }
+            Request::ListKeks => km.list().await.map(Response::Keks),
+            Request::DeriveDataKey { kek, context, len } => {
+                km.derive_data_key(&kek, &context, len).await.map(Response::DataKey)
+            }
+            Request::GenerateDataKey { kek } => {
+                km.generate_data_key(&kek).await.map(Response::DataKey)
+            }
+            Request::UnwrapDataKey { wrapped } => {
+                km.unwrap_data_key(&wrapped).await.map(Response::DataKey)
+            }
+            Request::EnvelopeEncrypt { kek, context, plaintext, aad } => km
+                .envelope_encrypt(
+                    &kek,
+                    &context,
+                    plaintext.expose(),
+                    aad.as_deref().unwrap_or_default(),
+                )
+                .await
+                .map(Response::Ciphertext),
+            Request::EnvelopeDecrypt { context, ciphertext, aad } => km
+                .envelope_decrypt(&context, &ciphertext, aad.as_deref().unwrap_or_default())
+                .await
+                .map(|p| Response::Plaintext(p.into())),
+            Request::Rewrap { context, ciphertext, aad } => km
+                .rewrap(&context, &ciphertext, aad.as_deref().unwrap_or_default())
+                .await
+                .map(Response::Ciphertext),
+            other => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("'{}' is not a key-manager request", other.op_name()),
+            )),
+        };
+        self.metrics.record(name, result.is_ok(), started.elapsed());
+        result
     }
 
     /// The backend's name, for the handshake.
@@ -60,6 +128,7 @@ impl Router {
                     result
                 }
                 Place::Pool => self.run_in_pool(vec![single]).await.pop().unwrap_or_else(lost),
+                Place::Keys => self.key_manager(single).await,
             },
         }
     }
@@ -74,7 +143,8 @@ impl Router {
         let started = Instant::now();
         let mut answers: Vec<Option<WireResult>> = Vec::with_capacity(items.len());
         let mut for_pool = Vec::new();
-        for item in items {
+        let mut for_keys = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
             match self.place(&item) {
                 Place::Here(result) => {
                     self.metrics.record(item.op_name(), result.is_ok(), started.elapsed());
@@ -82,17 +152,31 @@ impl Router {
                 }
                 Place::Pool => {
                     answers.push(None);
-                    for_pool.push(item);
+                    for_pool.push((i, item));
+                }
+                Place::Keys => {
+                    answers.push(None);
+                    for_keys.push((i, item));
                 }
             }
         }
-        let mut pooled =
-            if for_pool.is_empty() { Vec::new() } else { self.run_in_pool(for_pool).await }
-                .into_iter();
-        let answers = answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| pooled.next().unwrap_or_else(lost)))
-            .collect();
+        // Token operations go out as one unit of work; key-manager operations run
+        // concurrently beside them (those with a cached data key need no token at all).
+        let (slots, ops): (Vec<usize>, Vec<Request>) = for_pool.into_iter().unzip();
+        let pooled =
+            async { if ops.is_empty() { Vec::new() } else { self.run_in_pool(ops).await } };
+        let keyed = futures::future::join_all(
+            for_keys.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
+        );
+        let (pooled, keyed) = futures::join!(pooled, keyed);
+        let mut pooled = pooled.into_iter();
+        for i in slots {
+            answers[i] = Some(pooled.next().unwrap_or_else(lost));
+        }
+        for (i, r) in keyed {
+            answers[i] = Some(r);
+        }
+        let answers = answers.into_iter().map(|a| a.unwrap_or_else(lost)).collect();
         Ok(Response::Batch(answers))
     }
 
@@ -127,12 +211,38 @@ impl Router {
                 self.pool.shared().backend.supports_key_backup(),
             ))),
             Request::GetMetrics => here(Ok(Response::Metrics(self.metrics.snapshot()))),
+            Request::GenerateKek { .. }
+            | Request::ListKeks
+            | Request::DeriveDataKey { .. }
+            | Request::GenerateDataKey { .. }
+            | Request::UnwrapDataKey { .. }
+            | Request::EnvelopeEncrypt { .. }
+            | Request::EnvelopeDecrypt { .. }
+            | Request::Rewrap { .. }
+            | Request::Rotation { .. }
+            | Request::RetireKekVersion { .. } => match validate(request) {
+                Ok(()) => Place::Keys,
+                Err(e) => here(Err(e)),
+            },
             other => match validate(other) {
                 Ok(()) => Place::Pool,
                 Err(e) => here(Err(e)),
             },
         }
     }
+}
+
+/// Longest derivation context accepted, bytes.
+pub const MAX_CONTEXT_LEN: usize = 4096;
+
+fn context_size(context: &[u8]) -> Result<(), WireError> {
+    if context.len() > MAX_CONTEXT_LEN {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("a context of {} bytes; the limit is {MAX_CONTEXT_LEN}", context.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the arguments of an HSM operation before it is queued.
@@ -159,6 +269,22 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
         Request::RestoreKey { label: l, backup, .. } if backup.len() > MAX_BACKUP_LEN => label(l)
             .and_then(|()| bad(format!("a backup of {} bytes is not one of ours", backup.len()))),
         Request::RestoreKey { label: l, .. } => label(l),
+        Request::GenerateKek { name: kek }
+        | Request::GenerateDataKey { kek }
+        | Request::Rotation { kek, .. }
+        | Request::RetireKekVersion { kek, .. } => label(kek),
+        Request::DeriveDataKey { kek, context, len } => label(kek).and_then(|()| {
+            if !(16..=64).contains(len) {
+                return bad(format!("data keys are 16 to 64 bytes, not {len}"));
+            }
+            context_size(context)
+        }),
+        Request::EnvelopeEncrypt { kek, context, .. } => {
+            label(kek).and_then(|()| context_size(context))
+        }
+        Request::EnvelopeDecrypt { context, .. } | Request::Rewrap { context, .. } => {
+            context_size(context)
+        }
         _ => Ok(()),
     }
 }

@@ -21,10 +21,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use actix::Actor;
+
+use crate::actors::rotation::actor::RotationCoordinator;
 use crate::actors::session::PoolShared;
 use crate::actors::session::pool::SessionPool;
 use crate::backend::Backend;
 use crate::config::Settings;
+use crate::keys::manager::KeyManager;
 use crate::metrics::Metrics;
 pub use listener::ListenError;
 
@@ -53,7 +57,9 @@ pub async fn serve(
         started: Instant::now(),
     });
     let pool = SessionPool::start(shared, settings.queue_depth, metrics.clone());
-    let router = Rc::new(dispatch::Router::new(pool, metrics.clone()));
+    let keys = Arc::new(KeyManager::new(pool.clone(), settings.keys));
+    let coordinator = RotationCoordinator::new(keys.clone()).start();
+    let router = Rc::new(dispatch::Router::new(pool, metrics.clone(), keys, coordinator));
     let limits = connection::ConnectionLimits {
         max_frame: settings.max_frame,
         max_in_flight: settings.max_in_flight,

@@ -94,7 +94,13 @@ impl SessionWorker {
             Request::GenerateKeyWithAttributes { label, attributes } => {
                 Response::KeyGenerated(self.with_session(|s| s.generate_key(label, attributes))?)
             }
-            Request::ListKeys => Response::Keys(self.with_session(|s| s.list_keys())?),
+            Request::ListKeys => Response::Keys(
+                // The key manager's own keys (KEK versions) are not the caller's to see.
+                self.with_session(|s| s.list_keys())?
+                    .into_iter()
+                    .filter(|k| !k.handle.as_str().starts_with(crate::keys::kek::INTERNAL_PREFIX))
+                    .collect(),
+            ),
             Request::Encrypt { key, plaintext, aad } => {
                 let aad = aad.as_deref().unwrap_or_default();
                 Response::Ciphertext(
@@ -129,10 +135,16 @@ impl SessionWorker {
 
     /// Probes the token; never fails, reports what it found.
     fn health(&mut self) -> HealthStatus {
-        let keys = self.with_session(|s| {
-            s.probe()?;
-            s.list_keys()
-        });
+        let keys = self
+            .with_session(|s| {
+                s.probe()?;
+                s.list_keys()
+            })
+            .map(|keys| {
+                keys.into_iter()
+                    .filter(|k| !k.handle.as_str().starts_with(crate::keys::kek::INTERNAL_PREFIX))
+                    .collect::<Vec<_>>()
+            });
         let shared = &self.shared;
         let active = shared.active.load(Ordering::Relaxed);
         let state = if keys.is_ok() { HealthState::Healthy } else { HealthState::Unhealthy };

@@ -110,16 +110,33 @@ impl Pkcs11Session {
         Ok(self.describe(handle)?.map(|info| CachedKey { handle, info: Arc::new(info) }))
     }
 
-    /// Finds our data object labelled `label`.
-    fn find_object(&self, label: &str) -> BackendResult<Option<ObjectHandle>> {
+    /// Every stored version of our data object `label`: (sequence, handle, value).
+    /// Objects destroyed meanwhile by another writer are skipped.
+    fn object_versions(&self, label: &str) -> BackendResult<Vec<(u64, ObjectHandle, Vec<u8>)>> {
         let template = [
             Attribute::Class(ObjectClass::DATA),
             Attribute::Application(DATA_APPLICATION.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let found =
+        let handles =
             self.session.find_objects(&template).map_err(|e| self.fail(e, "find data object"))?;
-        Ok(found.first().copied())
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            let attrs = match self.session.get_attributes(h, &[AttributeType::Value]) {
+                Ok(a) => a,
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                Err(e) => return Err(self.fail(e, "read data object")),
+            };
+            for a in attrs {
+                if let Attribute::Value(v) = a
+                    && v.len() >= 8
+                {
+                    let seq = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                    out.push((seq, h, v[8..].to_vec()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads a key's attributes; `None` for key types we do not serve.
@@ -436,38 +453,40 @@ impl BackendSession for Pkcs11Session {
     }
 
     fn read_object(&mut self, label: &str) -> BackendResult<Option<Vec<u8>>> {
-        let Some(handle) = self.find_object(label)? else { return Ok(None) };
-        let attrs = self
-            .session
-            .get_attributes(handle, &[AttributeType::Value])
-            .map_err(|e| self.fail(e, "read data object"))?;
-        Ok(attrs.into_iter().find_map(|a| match a {
-            Attribute::Value(v) => Some(v),
-            _ => None,
-        }))
+        Ok(self
+            .object_versions(label)?
+            .into_iter()
+            .max_by_key(|(seq, _, _)| *seq)
+            .map(|(_, _, v)| v))
     }
 
+    /// Many tokens (SoftHSM2 among them) keep a data object's `CKA_VALUE` read-only, so a
+    /// write creates a new object with a higher sequence number and then destroys the
+    /// older ones. Creating one object is atomic; a crash in between leaves both, and the
+    /// newer one wins on every read.
     fn write_object(&mut self, label: &str, value: &[u8]) -> BackendResult<()> {
-        if let Some(handle) = self.find_object(label)? {
-            // One C_SetAttributeValue: the token replaces the value atomically.
-            return self
-                .session
-                .update_attributes(handle, &[Attribute::Value(value.to_vec())])
-                .map_err(|e| self.fail(e, "update data object"));
-        }
+        let old = self.object_versions(label)?;
+        let seq = old.iter().map(|(s, _, _)| *s).max().unwrap_or(0) + 1;
+        let mut stored = seq.to_be_bytes().to_vec();
+        stored.extend_from_slice(value);
         let template = [
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
             Attribute::Private(true),
-            Attribute::Modifiable(true),
             Attribute::Application(DATA_APPLICATION.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Value(value.to_vec()),
+            Attribute::Value(stored),
         ];
-        self.session
-            .create_object(&template)
-            .map(drop)
-            .map_err(|e| self.fail(e, "create data object"))
+        self.session.create_object(&template).map_err(|e| self.fail(e, "create data object"))?;
+        for (_, handle, _) in old {
+            match self.session.destroy_object(handle) {
+                Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %super::brief(&e), label, "old data object not destroyed")
+                }
+            }
+        }
+        Ok(())
     }
 
     fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
@@ -495,6 +514,7 @@ impl BackendSession for Pkcs11Session {
             }
         }
         labels.sort();
+        labels.dedup();
         Ok(labels)
     }
 

@@ -1,0 +1,293 @@
+//! The key manager's read side: KEK states (cached, refreshed from the token), data keys
+//! (derived in the token, cached in memory) and envelope encryption in the daemon.
+//!
+//! Writes to KEK state belong to the [rotation coordinator](crate::actors::rotation);
+//! this side only reads the state and reflects what the coordinator wrote. The cache of a
+//! KEK's state is trusted for `kek_refresh` at most, so a rotation committed by another
+//! daemon on the same token is picked up within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use harpocrates_protocol::{DataKey, ErrorCode, KekId, KekInfo, KeyAttributes, WireError};
+use zeroize::Zeroizing;
+
+use super::dek::{DekCache, DekId};
+use super::kek::{self, KekState};
+use super::{ciphertext, envelope};
+use crate::actors::session::pool::SessionPool;
+use crate::backend::BackendError;
+
+/// Format byte of a wrapped data key.
+const WRAPPED_V1: u8 = 0xD1;
+
+/// Key-manager settings.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyManagerSettings {
+    /// How long a cached KEK state is trusted.
+    pub kek_refresh: Duration,
+    /// Most data keys cached.
+    pub dek_cache_size: usize,
+    /// How long a data key stays cached.
+    pub dek_cache_ttl: Duration,
+}
+
+impl Default for KeyManagerSettings {
+    fn default() -> Self {
+        Self {
+            kek_refresh: Duration::from_secs(5),
+            dek_cache_size: 10_000,
+            dek_cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared by the router and the rotation coordinator.
+pub struct KeyManager {
+    pool: SessionPool,
+    settings: KeyManagerSettings,
+    states: RwLock<HashMap<String, (KekState, Instant)>>,
+    deks: DekCache,
+}
+
+fn wire(e: BackendError) -> WireError {
+    WireError::from(e)
+}
+
+impl KeyManager {
+    /// A key manager working through `pool`.
+    pub fn new(pool: SessionPool, settings: KeyManagerSettings) -> Self {
+        Self {
+            pool,
+            settings,
+            states: RwLock::new(HashMap::new()),
+            deks: DekCache::new(settings.dek_cache_size, settings.dek_cache_ttl),
+        }
+    }
+
+    /// The session pool, for the coordinator's token writes.
+    pub fn pool(&self) -> &SessionPool {
+        &self.pool
+    }
+
+    /// Records a state the coordinator just wrote.
+    pub fn remember(&self, name: &str, state: KekState) {
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (state, Instant::now()));
+    }
+
+    /// Drops cached data keys of a version that may no longer be used.
+    pub fn forget_version(&self, name: &str, version: u32) {
+        self.deks.forget_version(name, version);
+    }
+
+    /// Reads a KEK's state from the token, bypassing the cache.
+    pub async fn read_state(&self, name: &str) -> Result<Option<KekState>, WireError> {
+        let label = kek::state_label(name);
+        let bytes = self.pool.run("kek_state_read", move |s| s.read_object(&label)).await?;
+        let state = bytes.map(|b| KekState::decode(&b)).transpose().map_err(wire)?;
+        if let Some(s) = &state {
+            self.remember(name, s.clone());
+        }
+        Ok(state)
+    }
+
+    /// A KEK's state, from the cache while it is fresh enough.
+    pub async fn state(&self, name: &str) -> Result<KekState, WireError> {
+        if let Some((s, at)) = self.states.read().unwrap_or_else(|p| p.into_inner()).get(name)
+            && at.elapsed() < self.settings.kek_refresh
+        {
+            return Ok(s.clone());
+        }
+        self.read_state(name)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::KeyNotFound, format!("no KEK named '{name}'")))
+    }
+
+    /// Every KEK on the token.
+    pub async fn list(&self) -> Result<Vec<KekInfo>, WireError> {
+        let labels = self.pool.run("kek_list", |s| s.list_objects(kek::STATE_PREFIX)).await?;
+        let mut out = Vec::new();
+        for label in labels {
+            let Some(name) = kek::name_of_state_label(&label) else { continue };
+            if let Some(state) = self.read_state(name).await? {
+                out.push(state.info(name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The data key for (KEK version, context, len): cached, or derived in the token.
+    async fn dek(
+        &self,
+        kek: &KekId,
+        context: &[u8],
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, WireError> {
+        let id = DekId {
+            kek: kek.name.clone(),
+            version: kek.version,
+            context: context.to_vec(),
+            len: len as u8,
+        };
+        if let Some(dek) = self.deks.get(&id) {
+            return Ok(dek);
+        }
+        let label = kek::mac_label(&kek.name, kek.version);
+        let ctx = context.to_vec();
+        let prk = self.pool.run("kek_derive", move |s| s.hmac_sha256(&label, &ctx)).await?;
+        let dek = super::dek::expand(&prk, len).map_err(wire)?;
+        self.deks.insert(id, &dek);
+        Ok(dek)
+    }
+
+    /// The active version of `name`.
+    async fn active(&self, name: &str) -> Result<KekId, WireError> {
+        let state = self.state(name).await?;
+        Ok(KekId { name: name.to_owned(), version: state.active })
+    }
+
+    /// Checks that `kek` may decrypt, refreshing the cached state once when the
+    /// ciphertext names a version this daemon has not seen (another daemon rotated).
+    async fn check_decrypt(&self, kek: &KekId) -> Result<(), WireError> {
+        let mut state = self.state(&kek.name).await?;
+        if kek.version > state.latest() {
+            state = self.read_state(&kek.name).await?.ok_or_else(|| {
+                WireError::new(ErrorCode::KeyNotFound, format!("no KEK named '{}'", kek.name))
+            })?;
+        }
+        state.check_decrypt(&kek.name, kek.version).map_err(wire)
+    }
+
+    /// `DeriveDataKey`.
+    pub async fn derive_data_key(
+        &self,
+        name: &str,
+        context: &[u8],
+        len: u32,
+    ) -> Result<DataKey, WireError> {
+        let kek = self.active(name).await?;
+        let dek = self.dek(&kek, context, len as usize).await?;
+        Ok(DataKey { dek: dek.into(), kek, wrapped: None })
+    }
+
+    /// `EnvelopeEncrypt`.
+    pub async fn envelope_encrypt(
+        &self,
+        name: &str,
+        context: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        let kek = self.active(name).await?;
+        let dek = self.dek(&kek, context, envelope::DEK_LEN).await?;
+        envelope::seal(&kek, &dek, context, plaintext, aad).map_err(wire)
+    }
+
+    /// `EnvelopeDecrypt`.
+    pub async fn envelope_decrypt(
+        &self,
+        context: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, WireError> {
+        let kek = envelope::kek_of(ciphertext).map_err(wire)?;
+        self.check_decrypt(&kek).await?;
+        let dek = self.dek(&kek, context, envelope::DEK_LEN).await?;
+        envelope::open(ciphertext, context, aad, &dek).map_err(wire)
+    }
+
+    /// `GenerateDataKey`: a random key, and the same key wrapped by the KEK in the token.
+    pub async fn generate_data_key(&self, name: &str) -> Result<DataKey, WireError> {
+        let kek = self.active(name).await?;
+        let mut dek = Zeroizing::new(vec![0u8; envelope::DEK_LEN]);
+        getrandom::fill(&mut dek)
+            .map_err(|e| wire(BackendError::Failed(format!("no randomness: {e}"))))?;
+        let wrapped = self.wrap(&kek, &dek).await?;
+        Ok(DataKey { dek: dek.into(), kek, wrapped: Some(wrapped) })
+    }
+
+    async fn wrap(&self, kek: &KekId, dek: &Zeroizing<Vec<u8>>) -> Result<Vec<u8>, WireError> {
+        let header = wrapped_header(kek).map_err(wire)?;
+        let label = kek::aes_label(&kek.name, kek.version);
+        let (aad, key) = (header.clone(), Zeroizing::new(dek.to_vec()));
+        let sealed = self.pool.run("kek_wrap", move |s| s.encrypt(&label, &key, &aad)).await?;
+        let mut out = header;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// `UnwrapDataKey`.
+    pub async fn unwrap_data_key(&self, wrapped: &[u8]) -> Result<DataKey, WireError> {
+        let (kek, header_len) = parse_wrapped(wrapped).map_err(wire)?;
+        self.check_decrypt(&kek).await?;
+        let label = kek::aes_label(&kek.name, kek.version);
+        let (aad, sealed) = (wrapped[..header_len].to_vec(), wrapped[header_len..].to_vec());
+        let dek = self.pool.run("kek_unwrap", move |s| s.decrypt(&label, &sealed, &aad)).await?;
+        Ok(DataKey { dek, kek, wrapped: None })
+    }
+
+    /// `Rewrap`: an envelope ciphertext or a wrapped data key, moved to the active version
+    /// without the plaintext leaving the daemon.
+    pub async fn rewrap(
+        &self,
+        context: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        match ciphertext.first() {
+            Some(&WRAPPED_V1) => {
+                let old = self.unwrap_data_key(ciphertext).await?;
+                let kek = self.active(&old.kek.name).await?;
+                self.wrap(&kek, &old.dek.into_zeroizing()).await
+            }
+            _ => {
+                let old = envelope::kek_of(ciphertext).map_err(wire)?;
+                let plain = self.envelope_decrypt(context, ciphertext, aad).await?;
+                self.envelope_encrypt(&old.name, context, &plain, aad).await
+            }
+        }
+    }
+}
+
+fn wrapped_header(kek: &KekId) -> Result<Vec<u8>, BackendError> {
+    let name = kek.name.as_bytes();
+    let n = u8::try_from(name.len())
+        .map_err(|_| BackendError::InvalidArgument("KEK name too long".into()))?;
+    let mut h = vec![WRAPPED_V1, n];
+    h.extend_from_slice(name);
+    h.extend_from_slice(&kek.version.to_be_bytes());
+    Ok(h)
+}
+
+fn parse_wrapped(w: &[u8]) -> Result<(KekId, usize), BackendError> {
+    let bad = || BackendError::InvalidArgument("not a wrapped data key".into());
+    if w.first() != Some(&WRAPPED_V1) {
+        return Err(bad());
+    }
+    let n = usize::from(*w.get(1).ok_or_else(bad)?);
+    let header_len = 2 + n + 4;
+    if n == 0 || w.len() < header_len + ciphertext::OVERHEAD {
+        return Err(bad());
+    }
+    let name = std::str::from_utf8(&w[2..2 + n]).map_err(|_| bad())?.to_owned();
+    let version = u32::from_be_bytes([w[2 + n], w[3 + n], w[4 + n], w[5 + n]]);
+    Ok((KekId { name, version }, header_len))
+}
+
+/// The attributes of a KEK version's AES key: in the token only, never extractable.
+pub const KEK_AES_ATTRIBUTES: KeyAttributes = KeyAttributes {
+    size_bits: 256,
+    extractable: false,
+    sensitive: true,
+    encrypt: true,
+    decrypt: true,
+    wrap: true,
+    unwrap: true,
+};
+
+/// Keeps the handle type in this module's public signature simple for callers.
+pub type SharedKeyManager = Arc<KeyManager>;
