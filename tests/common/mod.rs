@@ -123,6 +123,8 @@ pub struct Daemon {
     pub softhsm: Option<SoftHsm>,
     /// A `[pkcs11]` section for a token set up outside the test (see `start_external`).
     external: Option<String>,
+    /// Extra environment for the next start (see `set_env`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     extra_config: String,
     /// Everything every run of the daemon printed, drained continuously so a chatty
@@ -145,6 +147,11 @@ impl Daemon {
     /// Starts a daemon serving `token`; `extra_config` goes to the top level of its
     /// TOML configuration.
     pub fn start_on(token: Token, extra_config: &str) -> Self {
+        Self::start_on_env(token, extra_config, &[])
+    }
+
+    /// Like [`start_on`](Self::start_on), with extra environment for the daemon.
+    pub fn start_on_env(token: Token, extra_config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
         std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).expect("pin file");
@@ -155,11 +162,15 @@ impl Daemon {
             socket,
             softhsm,
             external: None,
+            env: Vec::new(),
             child: None,
             extra_config: extra_config.to_owned(),
             output: Arc::default(),
             drains: Vec::new(),
         };
+        for (k, v) in env {
+            d.set_env(k, Some(v));
+        }
         d.write_config();
         d.spawn();
         d
@@ -176,6 +187,7 @@ impl Daemon {
             socket,
             softhsm: None,
             external: Some(format!("backend = \"pkcs11\"\n[pkcs11]\n{pkcs11_section}\n")),
+            env: Vec::new(),
             child: None,
             extra_config: String::new(),
             output: Arc::default(),
@@ -225,6 +237,7 @@ impl Daemon {
             .arg("--config")
             .arg(self.config_path())
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .env(
@@ -278,6 +291,23 @@ impl Daemon {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe { libc::kill(child.id() as i32, signal) };
         wait_timeout(&mut child, Duration::from_secs(20))
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits for the daemon to exit on its own (e.g. after a crash point) and starts it
+    /// again on the same state and socket.
+    pub fn wait_and_restart(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = wait_timeout(&mut child, Duration::from_secs(20));
+        self.spawn();
+        status
     }
 
     /// Graceful stop (SIGTERM) and restart on the same state and socket.

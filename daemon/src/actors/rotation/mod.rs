@@ -150,19 +150,19 @@ async fn apply(
         effects.into_iter().partition(|e| !matches!(e, Effect::DestroyVersion(_)));
     if !before.is_empty() {
         crash_point(&format!("{step}:before-keys"));
+        for e in before {
+            run_effect(km, name, e).await?;
+        }
+        crash_point(&format!("{step}:after-keys"));
     }
-    for e in before {
-        run_effect(km, name, e).await?;
-    }
-    crash_point(&format!("{step}:after-keys"));
     crash_point(&format!("{step}:before-state"));
     write_state(km, name, &next).await?;
     crash_point(&format!("{step}:after-state"));
-    for e in after {
-        run_effect(km, name, e).await?;
-    }
-    if matches!(step, "rollback") {
-        crash_point("rollback:after-keys");
+    if !after.is_empty() {
+        for e in after {
+            run_effect(km, name, e).await?;
+        }
+        crash_point(&format!("{step}:after-keys"));
     }
     Ok(next.info(name))
 }

@@ -1,0 +1,126 @@
+//! Crash safety of KEK rotation: the daemon is killed with SIGKILL at every step of a
+//! rotation (before and after each token write, via `HARPOCRATES_CRASH_AT`) and started
+//! again. Each time the KEK must be in exactly one consistent state, a pending rotation
+//! must be completable, and every ciphertext made before the crash must still decrypt.
+
+mod common;
+
+use common::{Daemon, Token};
+use harpocrates::client::{Client, Error, KekInfo, RotationStep};
+
+const POINTS: [&str; 14] = [
+    "create:after-keys",
+    "create:after-state",
+    "prepare:before-keys",
+    "prepare:after-keys",
+    "prepare:after-state",
+    "validate:before-keys",
+    "validate:after-keys",
+    "validate:after-state",
+    "commit:before-state",
+    "commit:after-state",
+    "rollback:before-state",
+    "rollback:after-state",
+    "rollback:after-keys",
+    "retire:after-state",
+];
+
+async fn client(d: &Daemon) -> Client {
+    Client::connect(&d.socket).await.expect("connect")
+}
+
+/// Drives the KEK towards `point`; the call that reaches it never answers.
+async fn drive(c: &Client, point: &str) -> Vec<Vec<u8>> {
+    let dies = |r: Result<KekInfo, Error>| {
+        assert!(matches!(r, Err(Error::ConnectionLost(_))), "{point}: expected the daemon to die, got {r:?}");
+    };
+    if point.starts_with("create") {
+        dies(c.generate_kek("k").await);
+        return Vec::new();
+    }
+    c.generate_kek("k").await.expect("kek");
+    let mut cts = vec![c.encrypt_with_context("k", b"ctx", b"v1 data", None).await.expect("seal")];
+    let phase = point.split(':').next().unwrap_or_default();
+    if phase == "retire" {
+        for step in [RotationStep::Prepare, RotationStep::Validate, RotationStep::Commit] {
+            c.rotate("k", step).await.expect("rotate");
+        }
+        cts.push(c.encrypt_with_context("k", b"ctx", b"v2 data", None).await.expect("seal"));
+        dies(c.retire_kek_version("k", 1, false).await);
+        return cts;
+    }
+    let steps: &[RotationStep] = match phase {
+        "prepare" => &[RotationStep::Prepare],
+        "validate" => &[RotationStep::Prepare, RotationStep::Validate],
+        "commit" => &[RotationStep::Prepare, RotationStep::Validate, RotationStep::Commit],
+        "rollback" => &[RotationStep::Prepare, RotationStep::Rollback],
+        other => panic!("unknown phase {other}"),
+    };
+    let (last, earlier) = steps.split_last().expect("steps");
+    for step in earlier {
+        c.rotate("k", *step).await.expect("earlier step");
+    }
+    dies(c.rotate("k", *last).await);
+    cts
+}
+
+/// After the restart: one consistent state, completable, and nothing lost.
+async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
+    if point == "create:after-keys" {
+        // The state was never written: no KEK, and creating it works (orphans replaced).
+        assert!(c.list_keks().await.expect("list").is_empty(), "{point}");
+        c.generate_kek("k").await.expect("create after crash");
+    }
+    let info = c.rotate("k", RotationStep::Status).await.expect("status");
+    let expect_pending = matches!(
+        point,
+        "prepare:after-state" | "validate:before-keys" | "validate:after-keys" | "validate:after-state"
+            | "commit:before-state" | "rollback:before-state"
+    );
+    assert_eq!(info.pending_version.is_some(), expect_pending, "{point}: {info:?}");
+    if let Some(v) = info.pending_version {
+        // A pending rotation can be finished.
+        if !info.pending_validated {
+            c.validate_rotation("k").await.expect("validate after crash");
+        }
+        let done = c.commit_rotation("k").await.expect("commit after crash");
+        assert_eq!(done.active_version, v, "{point}");
+    }
+    for (i, ct) in cts.iter().enumerate() {
+        let got = c.decrypt_with_context(b"ctx", ct, None).await;
+        if point == "retire:after-state" && i == 0 {
+            assert!(matches!(got, Err(Error::InvalidState(_))), "{point}: v1 was retired before the crash");
+        } else {
+            let want: &[u8] = if i == 0 { b"v1 data" } else { b"v2 data" };
+            assert_eq!(got.expect("decrypts after the crash").expose(), want, "{point}");
+        }
+    }
+    // And the KEK keeps working: a full rotation after recovery.
+    for step in [RotationStep::Prepare, RotationStep::Validate, RotationStep::Commit] {
+        c.rotate("k", step).await.unwrap_or_else(|e| panic!("{point}: rotation after recovery: {e}"));
+    }
+    let ct = c.encrypt_with_context("k", b"ctx", b"fresh", None).await.expect("seal");
+    assert_eq!(c.decrypt_with_context(b"ctx", &ct, None).await.expect("open").expose(), b"fresh");
+}
+
+async fn every_crash_point(token: Token) {
+    for point in POINTS {
+        let mut d = Daemon::start_on_env(token, "", &[("HARPOCRATES_CRASH_AT", point)]);
+        let c = client(&d).await;
+        let cts = drive(&c, point).await;
+        d.set_env("HARPOCRATES_CRASH_AT", None);
+        let status = d.wait_and_restart();
+        assert!(!status.success(), "{point}: the daemon should have been killed, got {status:?}");
+        check(&client(&d).await, point, &cts).await;
+    }
+}
+
+#[tokio::test]
+async fn soft_token_survives_a_crash_at_every_step() {
+    every_crash_point(Token::Soft).await;
+}
+
+#[tokio::test]
+async fn softhsm2_survives_a_crash_at_every_step() {
+    every_crash_point(Token::SoftHsm).await;
+}
