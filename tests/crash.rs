@@ -32,7 +32,10 @@ async fn client(d: &Daemon) -> Client {
 /// Drives the KEK towards `point`; the call that reaches it never answers.
 async fn drive(c: &Client, point: &str) -> Vec<Vec<u8>> {
     let dies = |r: Result<KekInfo, Error>| {
-        assert!(matches!(r, Err(Error::ConnectionLost(_))), "{point}: expected the daemon to die, got {r:?}");
+        assert!(
+            matches!(r, Err(Error::ConnectionLost(_))),
+            "{point}: expected the daemon to die, got {r:?}"
+        );
     };
     if point.starts_with("create") {
         dies(c.generate_kek("k").await);
@@ -74,8 +77,12 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     let info = c.rotate("k", RotationStep::Status).await.expect("status");
     let expect_pending = matches!(
         point,
-        "prepare:after-state" | "validate:before-keys" | "validate:after-keys" | "validate:after-state"
-            | "commit:before-state" | "rollback:before-state"
+        "prepare:after-state"
+            | "validate:before-keys"
+            | "validate:after-keys"
+            | "validate:after-state"
+            | "commit:before-state"
+            | "rollback:before-state"
     );
     assert_eq!(info.pending_version.is_some(), expect_pending, "{point}: {info:?}");
     if let Some(v) = info.pending_version {
@@ -89,7 +96,10 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     for (i, ct) in cts.iter().enumerate() {
         let got = c.decrypt_with_context(b"ctx", ct, None).await;
         if point == "retire:after-state" && i == 0 {
-            assert!(matches!(got, Err(Error::InvalidState(_))), "{point}: v1 was retired before the crash");
+            assert!(
+                matches!(got, Err(Error::InvalidState(_))),
+                "{point}: v1 was retired before the crash"
+            );
         } else {
             let want: &[u8] = if i == 0 { b"v1 data" } else { b"v2 data" };
             assert_eq!(got.expect("decrypts after the crash").expose(), want, "{point}");
@@ -97,7 +107,9 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     }
     // And the KEK keeps working: a full rotation after recovery.
     for step in [RotationStep::Prepare, RotationStep::Validate, RotationStep::Commit] {
-        c.rotate("k", step).await.unwrap_or_else(|e| panic!("{point}: rotation after recovery: {e}"));
+        c.rotate("k", step)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: rotation after recovery: {e}"));
     }
     let ct = c.encrypt_with_context("k", b"ctx", b"fresh", None).await.expect("seal");
     assert_eq!(c.decrypt_with_context(b"ctx", &ct, None).await.expect("open").expose(), b"fresh");

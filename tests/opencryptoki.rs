@@ -33,7 +33,12 @@ async fn the_backend_serves_opencryptoki_too() {
     let (Some(module), Some(slot), Some(pin)) = (parts.next(), parts.next(), parts.next()) else {
         panic!("HARPOCRATES_TEST_OPENCRYPTOKI must be <module>|<slot>|<pin>, got {spec:?}");
     };
-    let d = Daemon::start_external(pin, &format!("library_path = {module:?}\nslot_id = {slot}"));
+    let d = Daemon::start_external(
+        pin,
+        &format!("library_path = {module:?}\nslot_id = {slot}"),
+        "",
+        &[],
+    );
     let c = Client::connect(&d.socket).await.expect("connect");
 
     let h = c.health_check().await.expect("health");

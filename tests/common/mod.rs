@@ -178,7 +178,12 @@ impl Daemon {
 
     /// Starts a daemon on a PKCS#11 token prepared outside the test (another vendor's
     /// module): `pkcs11_section` is the body of its `[pkcs11]` section.
-    pub fn start_external(pin: &str, pkcs11_section: &str) -> Self {
+    pub fn start_external(
+        pin: &str,
+        pkcs11_section: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
         std::fs::write(dir.path().join("pin"), pin).expect("pin file");
@@ -187,9 +192,9 @@ impl Daemon {
             socket,
             softhsm: None,
             external: Some(format!("backend = \"pkcs11\"\n[pkcs11]\n{pkcs11_section}\n")),
-            env: Vec::new(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             child: None,
-            extra_config: String::new(),
+            extra_config: extra_config.to_owned(),
             output: Arc::default(),
             drains: Vec::new(),
         };
@@ -237,7 +242,6 @@ impl Daemon {
             .arg("--config")
             .arg(self.config_path())
             .env("NOTIFY_SOCKET", &notify_path)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .env(
@@ -246,6 +250,8 @@ impl Daemon {
                     .as_ref()
                     .map_or_else(|| PathBuf::from("/nonexistent"), |h| h.conf.clone()),
             )
+            // Explicit settings win over the defaults above.
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
