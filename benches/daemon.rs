@@ -28,6 +28,7 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
     batching: Client,
     pipelining: Client,
+    many: Vec<Client>,
 }
 
 fn fixture() -> Fixture {
@@ -70,7 +71,15 @@ fn fixture() -> Fixture {
             Client::connect_with(daemon.socket_path(), options).await.expect("connect");
         (batching, pipelining)
     });
-    Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining }
+    let many = runtime.block_on(async {
+        let mut many = Vec::new();
+        for _ in 0..4 {
+            many.push(Client::connect(daemon.socket_path()).await.expect("connect"));
+        }
+        many
+    });
+    runtime.block_on(batching.generate_kek("kek")).expect("kek");
+    Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining, many }
 }
 
 fn ping(c: &mut Criterion, f: &mut Fixture) {
@@ -125,13 +134,101 @@ fn encrypt(c: &mut Criterion, f: &mut Fixture, size: usize) {
     g.finish();
 }
 
+/// Envelope encryption (AES-256-GCM in the daemon under a derived data key) next to the
+/// same AES-256-GCM done in this process with the `aes-gcm` crate.
+fn envelope(c: &mut Criterion, f: &mut Fixture, size: usize) {
+    use aes_gcm::aead::consts::U12;
+    use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce};
+    let name = if size >= 1024 {
+        format!("envelope_{}KiB", size / 1024)
+    } else {
+        format!("envelope_{size}B")
+    };
+    let data = vec![0x5au8; size];
+    let mut g = c.benchmark_group(&name);
+    g.throughput(Throughput::Elements(1));
+    let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).expect("key");
+    let mut n = 0u64;
+    g.bench_function("in_process", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&n.to_le_bytes());
+            let mut buf = data.clone();
+            let tag = cipher
+                .encrypt_inout_detached(&Nonce::<U12>::from(nonce), b"aad", (&mut buf[..]).into())
+                .expect("seal");
+            black_box((buf, tag))
+        })
+    });
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    for (label, client) in
+        [("daemon_pipelined", &f.pipelining), ("daemon_autobatched", &f.batching)]
+    {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let calls = (0..IN_FLIGHT)
+                    .map(|_| client.encrypt_with_context("kek", b"bench-context", &data, None));
+                f.runtime.block_on(futures::future::try_join_all(calls)).expect("seal")
+            })
+        });
+    }
+    let request = harpocrates::protocol::Request::EnvelopeEncrypt {
+        kek: "kek".into(),
+        context: b"bench-context".to_vec(),
+        plaintext: data.clone().into(),
+        aad: None,
+    };
+    g.bench_function("daemon_batch", |b| {
+        b.iter(|| {
+            let batch = (0..IN_FLIGHT).fold(f.batching.batch(), |b, _| b.push(request.clone()));
+            f.runtime.block_on(batch.send()).expect("batch")
+        })
+    });
+    g.bench_function("daemon_batch_4_clients", |b| {
+        b.iter(|| {
+            let batches = f
+                .many
+                .iter()
+                .map(|c| (0..IN_FLIGHT / 4).fold(c.batch(), |b, _| b.push(request.clone())).send());
+            f.runtime.block_on(futures::future::try_join_all(batches)).expect("batches")
+        })
+    });
+    g.finish();
+}
+
+/// `DeriveDataKey` with a hot context (cached data key) and a fresh one each time (an
+/// HMAC in the token).
+fn derive(c: &mut Criterion, f: &mut Fixture) {
+    let mut g = c.benchmark_group("derive_data_key");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("warm_cache", |b| {
+        b.iter(|| {
+            f.runtime.block_on(f.batching.derive_data_key("kek", b"hot", 32)).expect("derive")
+        })
+    });
+    let mut n = 0u64;
+    g.bench_function("cold_cache", |b| {
+        b.iter(|| {
+            n += 1;
+            f.runtime
+                .block_on(f.batching.derive_data_key("kek", &n.to_le_bytes(), 32))
+                .expect("derive")
+        })
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let mut f = fixture();
     ping(c, &mut f);
     encrypt(c, &mut f, 64);
     encrypt(c, &mut f, 4096);
-    let Fixture { daemon, runtime, batching, pipelining, .. } = f;
-    drop((batching, pipelining));
+    envelope(c, &mut f, 64);
+    envelope(c, &mut f, 4096);
+    derive(c, &mut f);
+    let Fixture { daemon, runtime, batching, pipelining, many, .. } = f;
+    drop((batching, pipelining, many));
     drop(runtime);
     daemon.stop();
 }

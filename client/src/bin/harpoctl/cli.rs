@@ -55,6 +55,124 @@ pub enum Command {
     Encrypt(CryptArgs),
     /// Decrypt stdin to stdout under KEY.
     Decrypt(CryptArgs),
+    /// Key-encryption keys in the token, and their rotation.
+    #[command(subcommand)]
+    Kek(KekCommand),
+    /// Data keys derived from or wrapped by a KEK.
+    #[command(subcommand)]
+    Datakey(DatakeyCommand),
+    /// Envelope encryption in the daemon under KEK-derived data keys.
+    #[command(subcommand)]
+    Envelope(EnvelopeCommand),
+}
+
+/// `kek ...`
+#[derive(Debug, Subcommand)]
+pub enum KekCommand {
+    /// Create version 1 of a KEK.
+    Create {
+        /// The KEK's name.
+        name: String,
+    },
+    /// List KEKs with their versions and rotation state.
+    List,
+    /// A rotation step: prepare, validate, commit, rollback or status.
+    Rotate {
+        /// The step.
+        #[arg(value_enum)]
+        step: RotateStep,
+        /// The KEK's name.
+        name: String,
+    },
+    /// Retire an inactive version: it stops decrypting (with --destroy, for good).
+    Retire {
+        /// The KEK's name.
+        name: String,
+        /// The version.
+        version: u32,
+        /// Destroy its keys; what it protected becomes unrecoverable. Needs --yes.
+        #[arg(long)]
+        destroy: bool,
+        /// Confirm --destroy.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Rotation steps on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RotateStep {
+    /// Create the next version (pending).
+    Prepare,
+    /// Round-trip through the pending version inside the token.
+    Validate,
+    /// Make the validated pending version active.
+    Commit,
+    /// Abandon and destroy the pending version.
+    Rollback,
+    /// Show the state.
+    Status,
+}
+
+/// `datakey ...`
+#[derive(Debug, Subcommand)]
+pub enum DatakeyCommand {
+    /// Derive a data key from the KEK's active version and a context (printed as hex).
+    Derive {
+        /// The KEK's name.
+        kek: String,
+        /// The derivation context.
+        #[arg(long)]
+        context: String,
+        /// Length in bytes (16 to 64).
+        #[arg(long, default_value_t = 32)]
+        len: u32,
+    },
+    /// A random data key and the same key wrapped by the KEK (both printed as base64).
+    Generate {
+        /// The KEK's name.
+        kek: String,
+    },
+}
+
+/// `envelope ...`
+#[derive(Debug, Subcommand)]
+pub enum EnvelopeCommand {
+    /// Encrypt stdin to stdout under the KEK's active version and a context.
+    Encrypt {
+        /// The KEK's name.
+        kek: String,
+        #[command(flatten)]
+        common: EnvelopeArgs,
+    },
+    /// Decrypt stdin to stdout (the KEK version comes from the ciphertext).
+    Decrypt {
+        #[command(flatten)]
+        common: EnvelopeArgs,
+    },
+    /// Move ciphertexts to the KEK's active version: one from stdin, or with --file a file
+    /// of base64 ciphertexts, one per line, rewritten in place with a progress bar.
+    Rewrap {
+        #[command(flatten)]
+        common: EnvelopeArgs,
+        /// A file of base64 ciphertexts, one per line.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+/// Shared envelope options.
+#[derive(Debug, Args)]
+pub struct EnvelopeArgs {
+    /// The derivation context (must match at decryption).
+    #[arg(long, default_value = "")]
+    pub context: String,
+    /// Additional authenticated data.
+    #[arg(long, value_name = "TEXT")]
+    pub aad: Option<String>,
+    /// Ciphertexts are base64 text.
+    #[arg(long)]
+    pub base64: bool,
 }
 
 /// `keys ...`

@@ -2,6 +2,7 @@
 //! (`--json`, exit codes by error kind).
 
 mod cli;
+mod keymgr;
 mod output;
 
 use std::io::{Read, Write};
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Client(Error),
     Io(std::io::Error),
@@ -138,6 +139,9 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             client.destroy_key(&label).await?;
             out.destroyed(&label);
         }
+        Command::Kek(cmd) => keymgr::kek(&client, out, cmd).await?,
+        Command::Datakey(cmd) => keymgr::datakey(&client, out, cmd).await?,
+        Command::Envelope(cmd) => keymgr::envelope(&client, cmd).await?,
         Command::Encrypt(args) => {
             let plaintext = read_stdin()?;
             let ct = client.encrypt(&args.key, &plaintext, aad(&args)).await?;
@@ -154,7 +158,7 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
     Ok(())
 }
 
-fn decode_base64(input: &[u8]) -> Result<Vec<u8>, Failure> {
+pub(crate) fn decode_base64(input: &[u8]) -> Result<Vec<u8>, Failure> {
     let text = std::str::from_utf8(input)
         .map_err(|_| Failure::Usage("base64 input is not text".into()))?;
     B64.decode(text.trim()).map_err(|e| Failure::Usage(format!("invalid base64 input: {e}")))
@@ -184,7 +188,7 @@ fn aad(args: &CryptArgs) -> Option<&[u8]> {
     args.aad.as_deref().map(str::as_bytes)
 }
 
-fn read_stdin() -> std::io::Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_stdin() -> std::io::Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin().lock().read_to_end(&mut buf)?;
     Ok(buf)
