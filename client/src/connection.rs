@@ -91,6 +91,7 @@ impl Connection {
         let (read, write) = stream.into_split();
         let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
         let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
+        writer.set_backpressure_boundary(harpocrates_protocol::WRITE_BUFFER);
 
         let hello =
             Request::Hello { version: PROTOCOL_VERSION, client_name: options.client_name.clone() };

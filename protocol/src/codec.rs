@@ -22,8 +22,13 @@ use crate::{DEFAULT_MAX_FRAME, MAX_FRAME_CEILING};
 const LEN_PREFIX: usize = 4;
 
 /// How much of a frame's body is reserved up front; the rest grows as bytes arrive, so a
-/// peer that only *claims* a large frame costs nothing.
-const MAX_EAGER_RESERVE: usize = 64 * 1024;
+/// peer that only *claims* a large frame costs at most this much. Large enough that a
+/// typical batch frame arrives in a few big reads rather than many small ones.
+const MAX_EAGER_RESERVE: usize = 1024 * 1024;
+
+/// How much a writer buffers before it must flush: batch frames go out in few large
+/// writes (each write wakes the reader).
+pub const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The bincode configuration of every body: varint integers, and an allocation limit so a
 /// forged length inside a body can never ask for more than [`MAX_FRAME_CEILING`].

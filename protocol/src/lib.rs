@@ -24,7 +24,7 @@ pub mod message;
 pub mod paths;
 pub mod secret;
 
-pub use codec::{BodyError, FrameError, MessageCodec, bincode_config};
+pub use codec::{BodyError, FrameError, MessageCodec, WRITE_BUFFER, bincode_config};
 pub use error::{ErrorCode, WireError};
 pub use kek::{DataKey, KekId, KekInfo, KekVersionInfo, KekVersionState, RotationStep};
 pub use message::{

@@ -54,8 +54,14 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, Codec::new(limits.max_frame));
     let (tx, rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight + 8);
-    let writer =
-        actix::spawn(write_responses(FramedWrite::new(write, Codec::new(limits.max_frame)), rx));
+    let writer = actix::spawn(write_responses(
+        {
+            let mut sink = FramedWrite::new(write, Codec::new(limits.max_frame));
+            sink.set_backpressure_boundary(harpocrates_protocol::WRITE_BUFFER);
+            sink
+        },
+        rx,
+    ));
 
     if handshake(&mut frames, &tx, router.backend_name(), limits.max_frame, &shutdown).await {
         read_requests(&mut frames, &tx, router, limits, &shutdown).await;
