@@ -5,25 +5,10 @@
 
 mod common;
 
-use common::{Daemon, Token};
-use harpocrates::client::{Client, Error, KekInfo, RotationStep};
+use common::{Daemon, PIN, TOKEN_LABEL, Token};
+use harpocrates::client::{Client, Error, KekInfo, KekVersionState, RotationStep};
 
-const POINTS: [&str; 14] = [
-    "create:after-keys",
-    "create:after-state",
-    "prepare:before-keys",
-    "prepare:after-keys",
-    "prepare:after-state",
-    "validate:before-keys",
-    "validate:after-keys",
-    "validate:after-state",
-    "commit:before-state",
-    "commit:after-state",
-    "rollback:before-state",
-    "rollback:after-state",
-    "rollback:after-keys",
-    "retire:after-state",
-];
+use harpocrates_daemon::actors::rotation::CRASH_POINTS as POINTS;
 
 async fn client(d: &Daemon) -> Client {
     Client::connect(&d.socket).await.expect("connect")
@@ -49,7 +34,7 @@ async fn drive(c: &Client, point: &str) -> Vec<Vec<u8>> {
             c.rotate("k", step).await.expect("rotate");
         }
         cts.push(c.encrypt_with_context("k", b"ctx", b"v2 data", None).await.expect("seal"));
-        dies(c.retire_kek_version("k", 1, false).await);
+        dies(c.retire_kek_version("k", 1, true).await);
         return cts;
     }
     let steps: &[RotationStep] = match phase {
@@ -69,7 +54,7 @@ async fn drive(c: &Client, point: &str) -> Vec<Vec<u8>> {
 
 /// After the restart: one consistent state, completable, and nothing lost.
 async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
-    if point == "create:after-keys" {
+    if point.starts_with("create:") && point != "create:after-state" {
         // The state was never written: no KEK, and creating it works (orphans replaced).
         assert!(c.list_keks().await.expect("list").is_empty(), "{point}");
         c.generate_kek("k").await.expect("create after crash");
@@ -78,8 +63,9 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     let expect_pending = matches!(
         point,
         "prepare:after-state"
-            | "validate:before-keys"
-            | "validate:after-keys"
+            | "validate:before-effects"
+            | "validate:after-effects"
+            | "validate:before-state"
             | "validate:after-state"
             | "commit:before-state"
             | "rollback:before-state"
@@ -95,10 +81,10 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     }
     for (i, ct) in cts.iter().enumerate() {
         let got = c.decrypt_with_context(b"ctx", ct, None).await;
-        if point == "retire:after-state" && i == 0 {
+        if matches!(point, "retire:after-state" | "retire:after-destroy") && i == 0 {
             assert!(
                 matches!(got, Err(Error::InvalidState(_))),
-                "{point}: v1 was retired before the crash"
+                "{point}: v1 was destroyed before the crash"
             );
         } else {
             let want: &[u8] = if i == 0 { b"v1 data" } else { b"v2 data" };
@@ -115,6 +101,22 @@ async fn check(c: &Client, point: &str, cts: &[Vec<u8>]) {
     assert_eq!(c.decrypt_with_context(b"ctx", &ct, None).await.expect("open").expose(), b"fresh");
 }
 
+/// On SoftHSM2, no key of a destroyed version may be left in the token once the KEK
+/// has been changed again after the crash.
+fn no_leftover_keys(d: &Daemon, info: &KekInfo, point: &str) {
+    let Some(hsm) = &d.softhsm else { return };
+    let listing =
+        hsm.pkcs11_tool(&["--token-label", TOKEN_LABEL, "--login", "--pin", PIN, "--list-objects"]);
+    for v in info.versions.iter().filter(|v| v.state == KekVersionState::Destroyed) {
+        let prefix = format!("#kek/k/v{}/", v.version);
+        assert!(
+            !listing.contains(&prefix),
+            "{point}: keys of destroyed v{} remain:\n{listing}",
+            v.version
+        );
+    }
+}
+
 async fn every_crash_point(token: Token) {
     for point in POINTS {
         let mut d = Daemon::start_on_env(token, "", &[("HARPOCRATES_CRASH_AT", point)]);
@@ -123,7 +125,9 @@ async fn every_crash_point(token: Token) {
         d.set_env("HARPOCRATES_CRASH_AT", None);
         let status = d.wait_and_restart();
         assert!(!status.success(), "{point}: the daemon should have been killed, got {status:?}");
-        check(&client(&d).await, point, &cts).await;
+        let c = client(&d).await;
+        check(&c, point, &cts).await;
+        no_leftover_keys(&d, &c.rotate("k", RotationStep::Status).await.expect("status"), point);
     }
 }
 

@@ -127,6 +127,11 @@ impl KeyManager {
         context: &[u8],
         len: usize,
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
+        if !(super::dek::MIN_LEN..=super::dek::MAX_LEN).contains(&len) {
+            return Err(wire(BackendError::InvalidArgument(format!(
+                "data keys are 16 to 64 bytes, not {len}"
+            ))));
+        }
         let id = DekId {
             kek: kek.name.clone(),
             version: kek.version,

@@ -8,8 +8,10 @@
 //! * keys are destroyed **after** the state stops referring to them;
 //! * each state change is a single write of one token object.
 //!
-//! A crash between steps therefore leaves either the old state (plus, at worst, keys of a
-//! version no state refers to, which the next `Prepare` replaces) or the new one. The
+//! A crash between steps therefore leaves either the old state or the new one, plus at
+//! worst keys no live version uses: those of a version above the highest the state knows
+//! (the next `Prepare` replaces them) or of a version the state marks destroyed (removed
+//! before the next change). The
 //! [`actor`] wraps this in an actix actor that handles one request at a time.
 //!
 //! `HARPOCRATES_CRASH_AT=<point>` makes the daemon kill itself with SIGKILL at a named
@@ -26,22 +28,31 @@ use crate::backend::{BackendError, BackendResult, BackendSession};
 use crate::keys::kek::{self, Effect, KekState};
 use crate::keys::manager::{KEK_AES_ATTRIBUTES, KeyManager};
 
-/// Every point where the coordinator can be made to crash, in the order they occur.
-pub const CRASH_POINTS: [&str; 14] = [
-    "create:after-keys",
+/// Every point where the coordinator can be made to crash, in the order they occur:
+/// around the token work a step does before its state write (`before-effects`,
+/// `after-effects`), around the state write, and after the keys a step destroys once the
+/// state no longer names them (`after-destroy`; `retire` reaches it only with `destroy`).
+pub const CRASH_POINTS: [&str; 20] = [
+    "create:before-effects",
+    "create:after-effects",
+    "create:before-state",
     "create:after-state",
-    "prepare:before-keys",
-    "prepare:after-keys",
+    "prepare:before-effects",
+    "prepare:after-effects",
+    "prepare:before-state",
     "prepare:after-state",
-    "validate:before-keys",
-    "validate:after-keys",
+    "validate:before-effects",
+    "validate:after-effects",
+    "validate:before-state",
     "validate:after-state",
     "commit:before-state",
     "commit:after-state",
     "rollback:before-state",
     "rollback:after-state",
-    "rollback:after-keys",
+    "rollback:after-destroy",
+    "retire:before-state",
     "retire:after-state",
+    "retire:after-destroy",
 ];
 
 /// Kills the process with SIGKILL if `HARPOCRATES_CRASH_AT` names this point.
@@ -149,11 +160,11 @@ async fn apply(
     let (before, after): (Vec<Effect>, Vec<Effect>) =
         effects.into_iter().partition(|e| !matches!(e, Effect::DestroyVersion(_)));
     if !before.is_empty() {
-        crash_point(&format!("{step}:before-keys"));
+        crash_point(&format!("{step}:before-effects"));
         for e in before {
             run_effect(km, name, e).await?;
         }
-        crash_point(&format!("{step}:after-keys"));
+        crash_point(&format!("{step}:after-effects"));
     }
     crash_point(&format!("{step}:before-state"));
     write_state(km, name, &next).await?;
@@ -162,7 +173,7 @@ async fn apply(
         for e in after {
             run_effect(km, name, e).await?;
         }
-        crash_point(&format!("{step}:after-keys"));
+        crash_point(&format!("{step}:after-destroy"));
     }
     Ok(next.info(name))
 }
@@ -177,13 +188,37 @@ pub async fn create(km: &KeyManager, name: &str) -> Result<KekInfo, WireError> {
     apply(km, name, "create", KekState::new(), vec![Effect::CreateVersion(1)]).await
 }
 
-/// One rotation step. The state is re-read from the token first: it is the truth, and
-/// another daemon may have moved it.
-pub async fn step(km: &KeyManager, name: &str, step: RotationStep) -> Result<KekInfo, WireError> {
+/// Destroys keys the state marks destroyed but a crash (or a failed destroy) left in the
+/// token. Idempotent; run before every change, so leftovers never outlive the next one.
+async fn reconcile(km: &KeyManager, name: &str, state: &KekState) -> Result<(), WireError> {
+    for &v in &state.destroyed {
+        let n = name.to_owned();
+        km.pool().run("kek_destroy_version", move |s| destroy_version(s, &n, v)).await?;
+    }
+    Ok(())
+}
+
+/// The KEK's state, re-read from the token (the truth; another daemon may have moved
+/// it), with any leftovers of destroyed versions cleaned up.
+async fn current(km: &KeyManager, name: &str) -> Result<KekState, WireError> {
     let state = km
         .read_state(name)
         .await?
         .ok_or_else(|| wire(BackendError::KeyNotFound(format!("no KEK named '{name}'"))))?;
+    reconcile(km, name, &state).await?;
+    Ok(state)
+}
+
+/// One rotation step.
+pub async fn step(km: &KeyManager, name: &str, step: RotationStep) -> Result<KekInfo, WireError> {
+    if step == RotationStep::Status {
+        let state = km
+            .read_state(name)
+            .await?
+            .ok_or_else(|| wire(BackendError::KeyNotFound(format!("no KEK named '{name}'"))))?;
+        return Ok(state.info(name));
+    }
+    let state = current(km, name).await?;
     let (next, effects) = state.step(name, step).map_err(wire)?;
     let label = match step {
         RotationStep::Status => return Ok(state.info(name)),
