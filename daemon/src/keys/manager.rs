@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use harpocrates_protocol::{DataKey, ErrorCode, KekId, KekInfo, KeyAttributes, WireError};
+use harpocrates_protocol::{
+    DataKey, ErrorCode, KekId, KekInfo, KeyAttributes, Response, SecretBytes, WireError,
+};
 use zeroize::Zeroizing;
 
 use super::dek::{DekCache, DekId};
@@ -46,6 +48,8 @@ impl Default for KeyManagerSettings {
 /// Shared by the router and the rotation coordinator.
 pub struct KeyManager {
     pool: SessionPool,
+    crypto: super::crypto_pool::CryptoPool,
+    threads: usize,
     settings: KeyManagerSettings,
     states: RwLock<HashMap<String, (KekState, Instant)>>,
     deks: DekCache,
@@ -58,8 +62,12 @@ fn wire(e: BackendError) -> WireError {
 impl KeyManager {
     /// A key manager working through `pool`.
     pub fn new(pool: SessionPool, settings: KeyManagerSettings) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             pool,
+            // One crypto thread fewer than cores: the I/O thread takes a chunk itself.
+            crypto: super::crypto_pool::CryptoPool::new(threads.saturating_sub(1).max(1)),
+            threads,
             settings,
             states: RwLock::new(HashMap::new()),
             deks: DekCache::new(settings.dek_cache_size, settings.dek_cache_ttl),
@@ -205,6 +213,71 @@ impl KeyManager {
         envelope::open(ciphertext, context, aad, &dek).map_err(wire)
     }
 
+    /// The envelope operations of one batch: keys are resolved here (cache hits cost
+    /// nothing; misses go to the token), then the AES work is split into one chunk per
+    /// core, all but one on the crypto threads and the last on this thread, so a large
+    /// batch uses every core with one hand-off per chunk rather than per operation.
+    pub async fn envelope_batch(
+        &self,
+        ops: Vec<(usize, EnvelopeOp)>,
+    ) -> Vec<(usize, Result<Response, WireError>)> {
+        let mut done = Vec::with_capacity(ops.len());
+        let mut ready: Vec<(usize, Prepared)> = Vec::with_capacity(ops.len());
+        let mut bytes = 0;
+        for (i, op) in ops {
+            match self.prepare(op).await {
+                Ok(p) => {
+                    bytes += p.len();
+                    ready.push((i, p));
+                }
+                Err(e) => done.push((i, Err(e))),
+            }
+        }
+        let threads = self.threads.min(ready.len());
+        if bytes < OFFLOAD_MIN_BYTES || threads < 2 {
+            done.extend(ready.into_iter().map(|(i, p)| (i, p.run())));
+            return done;
+        }
+        let per = ready.len().div_ceil(threads);
+        let mut chunks: Vec<Vec<(usize, Prepared)>> = Vec::with_capacity(threads);
+        while !ready.is_empty() {
+            let rest = ready.split_off(per.min(ready.len()));
+            chunks.push(std::mem::replace(&mut ready, rest));
+        }
+        let mine = chunks.pop().unwrap_or_default();
+        let offloaded: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                self.crypto
+                    .run(move || chunk.into_iter().map(|(i, p)| (i, p.run())).collect::<Vec<_>>())
+            })
+            .collect();
+        done.extend(mine.into_iter().map(|(i, p)| (i, p.run())));
+        for results in futures::future::join_all(offloaded).await {
+            match results {
+                Some(r) => done.extend(r),
+                None => tracing::error!("a crypto thread failed; its operations are lost"),
+            }
+        }
+        done
+    }
+
+    async fn prepare(&self, op: EnvelopeOp) -> Result<Prepared, WireError> {
+        match op {
+            EnvelopeOp::Encrypt { kek, context, plaintext, aad } => {
+                let kek = self.active(&kek).await?;
+                let dek = self.dek(&kek, &context, envelope::DEK_LEN).await?;
+                Ok(Prepared::Seal { kek, dek, context, plaintext, aad })
+            }
+            EnvelopeOp::Decrypt { context, ciphertext, aad } => {
+                let kek = envelope::kek_of(&ciphertext).map_err(wire)?;
+                self.check_decrypt(&kek).await?;
+                let dek = self.dek(&kek, &context, envelope::DEK_LEN).await?;
+                Ok(Prepared::Open { dek, context, ciphertext, aad })
+            }
+        }
+    }
+
     /// `GenerateDataKey`: a random key, and the same key wrapped by the KEK in the token.
     pub async fn generate_data_key(&self, name: &str) -> Result<DataKey, WireError> {
         let kek = self.active(name).await?;
@@ -255,6 +328,74 @@ impl KeyManager {
                 self.envelope_encrypt(&old.name, context, &plain, aad).await
             }
         }
+    }
+}
+
+/// Below this much payload a batch's envelope work stays on the I/O thread: handing it
+/// to other threads would cost more than it saves.
+const OFFLOAD_MIN_BYTES: usize = 64 * 1024;
+
+/// An envelope operation of a batch.
+pub enum EnvelopeOp {
+    /// `EnvelopeEncrypt`.
+    Encrypt {
+        /// KEK name.
+        kek: String,
+        /// Derivation context.
+        context: Vec<u8>,
+        /// Plaintext.
+        plaintext: SecretBytes,
+        /// Caller AAD.
+        aad: Vec<u8>,
+    },
+    /// `EnvelopeDecrypt`.
+    Decrypt {
+        /// Derivation context.
+        context: Vec<u8>,
+        /// Envelope ciphertext.
+        ciphertext: Vec<u8>,
+        /// Caller AAD.
+        aad: Vec<u8>,
+    },
+}
+
+/// An envelope operation with its key resolved: pure CPU work, movable to any thread.
+enum Prepared {
+    Seal {
+        kek: KekId,
+        dek: Zeroizing<Vec<u8>>,
+        context: Vec<u8>,
+        plaintext: SecretBytes,
+        aad: Vec<u8>,
+    },
+    Open {
+        dek: Zeroizing<Vec<u8>>,
+        context: Vec<u8>,
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    },
+}
+
+impl Prepared {
+    fn len(&self) -> usize {
+        match self {
+            Prepared::Seal { plaintext, .. } => plaintext.len(),
+            Prepared::Open { ciphertext, .. } => ciphertext.len(),
+        }
+    }
+
+    fn run(self) -> Result<Response, WireError> {
+        match self {
+            Prepared::Seal { kek, dek, context, plaintext, aad } => {
+                envelope::seal(&kek, &dek, &context, plaintext.expose(), &aad)
+                    .map(Response::Ciphertext)
+            }
+            Prepared::Open { dek, context, ciphertext, aad } => {
+                envelope::open(&ciphertext, &context, &aad, &dek)
+                    .map(|p| Response::Plaintext(p.into()))
+            }
+        }
+        .map_err(wire)
     }
 }
 

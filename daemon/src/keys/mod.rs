@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod ciphertext;
+pub mod crypto_pool;
 pub mod dek;
 pub mod envelope;
 pub mod kdf;

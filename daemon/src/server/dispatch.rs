@@ -17,7 +17,7 @@ use actix::Addr;
 use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
 use crate::actors::session::pool::SessionPool;
 use crate::keys::backup::MAX_BACKUP_LEN;
-use crate::keys::manager::KeyManager;
+use crate::keys::manager::{EnvelopeOp, KeyManager};
 use crate::keys::name::validate_label;
 use crate::metrics::Metrics;
 
@@ -165,9 +165,54 @@ impl Router {
         let (slots, ops): (Vec<usize>, Vec<Request>) = for_pool.into_iter().unzip();
         let pooled =
             async { if ops.is_empty() { Vec::new() } else { self.run_in_pool(ops).await } };
-        let keyed = futures::future::join_all(
-            for_keys.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
-        );
+        // Envelope operations are resolved together and their AES work spread across
+        // cores; other key-manager operations run concurrently beside them.
+        let (envelopes, others): (Vec<(usize, Request)>, Vec<(usize, Request)>) =
+            for_keys.into_iter().partition(|(_, r)| {
+                matches!(r, Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. })
+            });
+        let envelope_ops: Vec<(usize, EnvelopeOp)> = envelopes
+            .into_iter()
+            .filter_map(|(i, r)| match r {
+                Request::EnvelopeEncrypt { kek, context, plaintext, aad } => Some((
+                    i,
+                    EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() },
+                )),
+                Request::EnvelopeDecrypt { context, ciphertext, aad } => Some((
+                    i,
+                    EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() },
+                )),
+                _ => None,
+            })
+            .collect();
+        let envelope_names: std::collections::HashMap<usize, &'static str> = envelope_ops
+            .iter()
+            .map(|(i, op)| {
+                (
+                    *i,
+                    if matches!(op, EnvelopeOp::Encrypt { .. }) {
+                        "envelope_encrypt"
+                    } else {
+                        "envelope_decrypt"
+                    },
+                )
+            })
+            .collect();
+        let keyed = async {
+            let (mut sealed, mut rest) = futures::join!(
+                self.keys.envelope_batch(envelope_ops),
+                futures::future::join_all(
+                    others.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
+                )
+            );
+            for (i, r) in &sealed {
+                if let Some(name) = envelope_names.get(i) {
+                    self.metrics.record(name, r.is_ok(), started.elapsed());
+                }
+            }
+            sealed.append(&mut rest);
+            sealed
+        };
         let (pooled, keyed) = futures::join!(pooled, keyed);
         let mut pooled = pooled.into_iter();
         for i in slots {
