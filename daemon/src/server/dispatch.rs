@@ -29,6 +29,9 @@ pub struct Router {
     coordinator: Addr<RotationCoordinator>,
 }
 
+/// A request and its place in the batch.
+type Indexed = (usize, Request);
+
 /// Where one request is answered.
 enum Place {
     Here(WireResult),
@@ -167,7 +170,7 @@ impl Router {
             async { if ops.is_empty() { Vec::new() } else { self.run_in_pool(ops).await } };
         // Envelope operations are resolved together and their AES work spread across
         // cores; other key-manager operations run concurrently beside them.
-        let (envelopes, others): (Vec<(usize, Request)>, Vec<(usize, Request)>) =
+        let (envelopes, others): (Vec<Indexed>, Vec<Indexed>) =
             for_keys.into_iter().partition(|(_, r)| {
                 matches!(r, Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. })
             });
