@@ -96,6 +96,49 @@ fn json_output_and_exit_codes_follow_the_error_kind() {
     let (code, _, err) = harpoctl(s, &["keys", "backup", "k1"], b"");
     assert_eq!(code, 2, "no password source: {err}");
 
+    // Key manager: a KEK, envelope ciphertexts in a file, a rotation, a bulk rewrap.
+    assert_eq!(harpoctl(s, &["kek", "create", "files"], b"").0, 0);
+    let file = d.dir.path().join("cts.b64");
+    let mut lines = String::new();
+    for i in 0..300 {
+        let (code, ct, err) = harpoctl(
+            s,
+            &["envelope", "encrypt", "files", "--context", "c", "--base64"],
+            format!("row {i}").as_bytes(),
+        );
+        assert_eq!(code, 0, "{err}");
+        lines.push_str(&String::from_utf8_lossy(&ct));
+    }
+    std::fs::write(&file, &lines).expect("write");
+    let (code, _, err) = harpoctl(s, &["kek", "rotate", "commit", "files"], b"");
+    assert_eq!(code, 78, "commit before prepare is an invalid state: {err}");
+    for step in ["prepare", "validate", "commit"] {
+        assert_eq!(harpoctl(s, &["kek", "rotate", step, "files"], b"").0, 0, "{step}");
+    }
+    let (code, _, err) = harpoctl(
+        s,
+        &["envelope", "rewrap", "--file", file.to_str().expect("utf-8"), "--context", "c"],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rewrapped 300 ciphertexts"), "{err}");
+    let rewritten = std::fs::read_to_string(&file).expect("read");
+    assert_ne!(rewritten, lines);
+    let first = rewritten.lines().next().expect("a line");
+    let (code, pt, _) =
+        harpoctl(s, &["envelope", "decrypt", "--context", "c", "--base64"], first.as_bytes());
+    assert_eq!((code, pt.as_slice()), (0, &b"row 0"[..]));
+    let (code, out, _) = harpoctl(s, &["--json", "kek", "list"], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v[0]["active_version"], 2);
+    let (code, out, _) =
+        harpoctl(s, &["--json", "datakey", "derive", "files", "--context", "c"], b"");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["dek_hex"].as_str().map(str::len), Some(64));
+    assert_eq!(harpoctl(s, &["kek", "retire", "files", "1", "--destroy"], b"").0, 2, "needs --yes");
+
     let (code, _, err) = harpoctl(s, &["keys", "destroy", "k1"], b"");
     assert_eq!(code, 2, "destroy needs --yes: {err}");
     let (code, _, _) = harpoctl(s, &["keys", "destroy", "k1", "--yes"], b"");

@@ -151,7 +151,8 @@ pub enum EnvelopeCommand {
         common: EnvelopeArgs,
     },
     /// Move ciphertexts to the KEK's active version: one from stdin, or with --file a file
-    /// of base64 ciphertexts, one per line, rewritten in place with a progress bar.
+    /// of base64 ciphertexts (always base64), one per line, rewritten in place with a
+    /// progress bar.
     Rewrap {
         #[command(flatten)]
         common: EnvelopeArgs,

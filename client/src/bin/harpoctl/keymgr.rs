@@ -148,15 +148,21 @@ pub async fn envelope(client: &Client, cmd: EnvelopeCommand) -> Result<(), Failu
     Ok(())
 }
 
-/// Rewraps a file of base64 ciphertexts in batches, with a progress bar on stderr, and
-/// replaces the file atomically only when every line succeeded.
+/// Rewraps a file of base64 ciphertexts (one per line; blank lines are dropped) in
+/// batches, with a progress bar on stderr, and replaces the file atomically only when
+/// every line succeeded.
 async fn rewrap_file(
     client: &Client,
     common: &EnvelopeArgs,
     path: &std::path::Path,
 ) -> Result<(), Failure> {
     let text = std::fs::read_to_string(path)?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| (n + 1, l))
+        .collect();
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -164,26 +170,24 @@ async fn rewrap_file(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let fail = |bar: &indicatif::ProgressBar, line: usize, why: String| {
+        bar.abandon();
+        Failure::Usage(format!("line {line} of {}: {why}; the file is unchanged", path.display()))
+    };
     let mut out = String::with_capacity(text.len());
     for chunk in lines.chunks(256) {
-        let cts =
-            chunk.iter().map(|l| decode_base64(l.as_bytes())).collect::<Result<Vec<_>, _>>()?;
+        let mut cts = Vec::with_capacity(chunk.len());
+        for (line, l) in chunk {
+            cts.push(
+                decode_base64(l.as_bytes()).map_err(|_| fail(&bar, *line, "not base64".into()))?,
+            );
+        }
         let calls = cts.iter().map(|ct| client.rewrap(common.context.as_bytes(), ct, aad(common)));
-        for (i, result) in futures::future::join_all(calls).await.into_iter().enumerate() {
-            match result {
-                Ok(ct) => {
-                    out.push_str(&B64.encode(ct));
-                    out.push('\n');
-                }
-                Err(e) => {
-                    bar.abandon();
-                    return Err(Failure::Usage(format!(
-                        "line {} of {} could not be rewrapped ({e}); the file is unchanged",
-                        out.lines().count() + i + 1,
-                        path.display()
-                    )));
-                }
-            }
+        for ((line, _), result) in chunk.iter().zip(futures::future::join_all(calls).await) {
+            let ct =
+                result.map_err(|e| fail(&bar, *line, format!("could not be rewrapped ({e})")))?;
+            out.push_str(&B64.encode(ct));
+            out.push('\n');
         }
         bar.inc(chunk.len() as u64);
     }
