@@ -233,6 +233,7 @@ pub fn kwp_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::hex;
 
     fn fast() -> KdfParams {
         KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
@@ -293,12 +294,6 @@ mod tests {
     /// The published RFC 5649 §6 vectors (192-bit KEK), through the same crate.
     #[test]
     fn rfc_5649_vectors() {
-        let hex = |s: &str| {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-                .collect::<Vec<u8>>()
-        };
         let kek = hex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8");
         let kwp = aes_kw::KwpAes192::new_from_slice(&kek).expect("kek");
         for (key, want) in [

@@ -189,13 +189,7 @@ impl DekCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::keys::hex;
 
     /// RFC 5869 A.1 (Test Case 1), the Expand half: PRK and info in, OKM out.
     #[test]

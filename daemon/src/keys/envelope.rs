@@ -149,13 +149,7 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::keys::hex;
 
     /// The GCM specification's test cases 13 and 14 (AES-256, zero key and IV): the
     /// primitive under the envelope is standard AES-256-GCM.

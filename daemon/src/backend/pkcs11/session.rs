@@ -35,6 +35,24 @@ const KEY_ATTRIBUTES: [AttributeType; 10] = [
     AttributeType::Unwrap,
 ];
 
+/// The template of a persistent AES key with the caller's usage attributes.
+fn aes_key_template(label: &str, id: &[u8], a: &KeyAttributes) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+        Attribute::Sensitive(a.sensitive),
+        Attribute::Extractable(a.extractable),
+        Attribute::Encrypt(a.encrypt),
+        Attribute::Decrypt(a.decrypt),
+        Attribute::Wrap(a.wrap),
+        Attribute::Unwrap(a.unwrap),
+    ]
+}
+
 /// A session actor's PKCS#11 session.
 pub struct Pkcs11Session {
     shared: Arc<Shared>,
@@ -256,6 +274,13 @@ impl Pkcs11Session {
         out
     }
 
+    /// A random 16-byte `CKA_ID` for a new key.
+    fn new_key_id(&self) -> BackendResult<Vec<u8>> {
+        let mut id = vec![0u8; 16];
+        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
+        Ok(id)
+    }
+
     fn random_iv(&self) -> BackendResult<[u8; IV_LEN]> {
         let mut iv = [0u8; IV_LEN];
         self.session.generate_random_slice(&mut iv).map_err(|e| self.fail(e, "generate IV"))?;
@@ -280,23 +305,9 @@ impl BackendSession for Pkcs11Session {
         if self.find(label)?.is_some() {
             return Err(BackendError::KeyExists(label.into()));
         }
-        let mut id = vec![0u8; 16];
-        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen((u64::from(a.size_bits) / 8).into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.clone()),
-            Attribute::Sensitive(a.sensitive),
-            Attribute::Extractable(a.extractable),
-            Attribute::Encrypt(a.encrypt),
-            Attribute::Decrypt(a.decrypt),
-            Attribute::Wrap(a.wrap),
-            Attribute::Unwrap(a.unwrap),
-        ];
+        let id = self.new_key_id()?;
+        let mut template = aes_key_template(label, &id, a);
+        template.push(Attribute::ValueLen((u64::from(a.size_bits) / 8).into()));
         let handle = self
             .session
             .generate_key(&Mechanism::AesKeyGen, &template)
@@ -378,22 +389,9 @@ impl BackendSession for Pkcs11Session {
             return Err(BackendError::KeyExists(label.into()));
         }
         let a = opened.attributes;
-        let mut id = vec![0u8; 16];
-        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.clone()),
-            Attribute::Sensitive(a.sensitive),
-            Attribute::Extractable(a.extractable),
-            Attribute::Encrypt(a.encrypt),
-            Attribute::Decrypt(a.decrypt),
-            Attribute::Wrap(a.wrap),
-            Attribute::Unwrap(a.unwrap),
-        ];
+        let id = self.new_key_id()?;
+        // No CKA_VALUE_LEN: the unwrap determines it (SoftHSM2 refuses it here).
+        let template = aes_key_template(label, &id, &a);
         let handle = self.with_wrapping_key(opened.keys.wrapping_key(), |kek| {
             self.session
                 .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &opened.wrapped, &template)
@@ -419,8 +417,7 @@ impl BackendSession for Pkcs11Session {
         if self.find(label)?.is_some() {
             return Err(BackendError::KeyExists(label.into()));
         }
-        let mut id = vec![0u8; 16];
-        self.session.generate_random_slice(&mut id).map_err(|e| self.fail(e, "generate key id"))?;
+        let id = self.new_key_id()?;
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
