@@ -48,6 +48,38 @@ fn leaf_request() -> impl Strategy<Value = Request> {
         (".{0,20}", bytes(200), bytes(40)).prop_map(|(label, backup, p)| {
             Request::RestoreKey { label, backup, password: p.into() }
         }),
+        ".{0,20}".prop_map(|name| Request::GenerateKek { name }),
+        Just(Request::ListKeks),
+        (".{0,20}", bytes(40), any::<u32>())
+            .prop_map(|(kek, context, len)| Request::DeriveDataKey { kek, context, len }),
+        ".{0,20}".prop_map(|kek| Request::GenerateDataKey { kek }),
+        bytes(80).prop_map(|wrapped| Request::UnwrapDataKey { wrapped }),
+        (".{0,20}", bytes(40), bytes(200), prop::option::of(bytes(20))).prop_map(
+            |(kek, context, p, aad)| Request::EnvelopeEncrypt {
+                kek,
+                context,
+                plaintext: p.into(),
+                aad
+            }
+        ),
+        (bytes(40), bytes(200), prop::option::of(bytes(20))).prop_map(
+            |(context, ciphertext, aad)| Request::EnvelopeDecrypt { context, ciphertext, aad }
+        ),
+        (bytes(40), bytes(200), prop::option::of(bytes(20)))
+            .prop_map(|(context, ciphertext, aad)| Request::Rewrap { context, ciphertext, aad }),
+        (".{0,20}", 0usize..5).prop_map(|(kek, i)| Request::Rotation {
+            kek,
+            step: [
+                RotationStep::Prepare,
+                RotationStep::Validate,
+                RotationStep::Commit,
+                RotationStep::Rollback,
+                RotationStep::Status
+            ][i],
+        }),
+        (".{0,20}", any::<u32>(), any::<bool>()).prop_map(|(kek, version, destroy)| {
+            Request::RetireKekVersion { kek, version, destroy }
+        }),
     ]
 }
 
@@ -67,6 +99,35 @@ fn key_info() -> impl Strategy<Value = KeyInfo> {
             id,
         }
     })
+}
+
+fn kek_info() -> impl Strategy<Value = KekInfo> {
+    let states = [
+        KekVersionState::Active,
+        KekVersionState::Pending,
+        KekVersionState::DecryptOnly,
+        KekVersionState::Retired,
+        KekVersionState::Destroyed,
+    ];
+    (
+        ".{0,20}",
+        any::<u32>(),
+        prop::option::of(any::<u32>()),
+        any::<bool>(),
+        prop::collection::vec((any::<u32>(), 0usize..5), 0..5),
+    )
+        .prop_map(move |(name, active_version, pending_version, pending_validated, vs)| {
+            KekInfo {
+                name,
+                active_version,
+                pending_version,
+                pending_validated,
+                versions: vs
+                    .into_iter()
+                    .map(|(version, i)| KekVersionInfo { version, state: states[i] })
+                    .collect(),
+            }
+        })
 }
 
 fn wire_error() -> impl Strategy<Value = WireError> {
@@ -123,6 +184,15 @@ fn leaf_response() -> impl Strategy<Value = Response> {
         Just(Response::KeyDestroyed),
         any::<bool>().prop_map(Response::BackupSupported),
         bytes(200).prop_map(Response::KeyBackup),
+        kek_info().prop_map(Response::Kek),
+        prop::collection::vec(kek_info(), 0..4).prop_map(Response::Keks),
+        (bytes(64), ".{0,20}", any::<u32>(), prop::option::of(bytes(80))).prop_map(
+            |(dek, name, version, wrapped)| Response::DataKey(DataKey {
+                dek: dek.into(),
+                kek: KekId { name, version },
+                wrapped,
+            })
+        ),
         health,
         metrics,
     ]
