@@ -184,8 +184,16 @@ async fn write_calls(
         let mut chunk: Vec<Call> = Vec::new();
         let mut chunk_size = 0;
         for call in queued.drain(..) {
-            if matches!(call.request, Request::Batch(_)) {
-                // Explicit batches travel alone: a Batch may not nest in another.
+            if matches!(
+                call.request,
+                Request::Batch(_)
+                    | Request::ListKeys
+                    | Request::ListKeks
+                    | Request::HealthCheck
+                    | Request::GetMetrics
+            ) {
+                // Explicit batches travel alone (a Batch may not nest in another), and so do
+                // requests whose answers grow without a bound the client can estimate.
                 ok &= send_single(&mut sink, &pending, &mut next_id, call).await;
                 continue;
             }
@@ -356,7 +364,16 @@ fn split_batch_answer(result: WireResult, replies: Vec<Reply>) {
             }
         }
         Ok(other) => {
-            let msg = format!("batch answered with {other:?}");
+            let msg = match &other {
+                Response::Batch(answers) => {
+                    format!(
+                        "batch answered with {} results for {} calls",
+                        answers.len(),
+                        replies.len()
+                    )
+                }
+                other => format!("batch answered with {}", crate::client::describe(other)),
+            };
             for reply in replies {
                 let _ = reply.send(Err(Error::Protocol(msg.clone())));
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use harpocrates_protocol::{MetricsSnapshot, OpMetrics};
 
 /// Every operation name counted, in report order (see `Request::op_name`).
-pub const OPS: [&str; 25] = [
+pub const OPS: [&str; 34] = [
     "hello",
     "ping",
     "generate_random",
@@ -34,6 +34,16 @@ pub const OPS: [&str; 25] = [
     "rewrap",
     "rotation",
     "retire_kek_version",
+    // The key manager's own token work (internal jobs on the session pool).
+    "kek_state_read",
+    "kek_state_write",
+    "kek_list",
+    "kek_derive",
+    "kek_wrap",
+    "kek_unwrap",
+    "kek_create_version",
+    "kek_validate",
+    "kek_destroy_version",
 ];
 
 /// How far back `ops_per_sec` looks.
@@ -68,7 +78,7 @@ impl Metrics {
         let started = Instant::now();
         Self {
             started,
-            ops: Default::default(),
+            ops: std::array::from_fn(|_| Counter::default()),
             other: Counter::default(),
             connections: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::from([(started, 0)])),
@@ -231,6 +241,7 @@ mod tests {
         }
         let s = m.snapshot();
         assert_eq!(s.per_op.len(), all.len(), "each kind counted in a slot of its own");
+        assert_eq!(OPS.len(), all.len() + 9, "plus the nine internal job names");
         assert_eq!(m.other.count.load(Relaxed), 0, "no kind fell into the catch-all");
     }
 }

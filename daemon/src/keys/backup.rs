@@ -40,7 +40,7 @@ pub const MAX_BACKUP_LEN: usize = 4096;
 /// [`KdfParams::default`]; the bound keeps a forged header from making every session actor
 /// allocate gigabytes before the MAC can be checked.
 const MAX_RESTORE_COST: KdfParams =
-    KdfParams { memory_kib: 256 * 1024, iterations: 16, parallelism: 8 };
+    KdfParams { memory_kib: 64 * 1024, iterations: 8, parallelism: 4 };
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

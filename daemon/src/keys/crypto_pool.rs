@@ -34,13 +34,21 @@ impl CryptoPool {
         Self { tx }
     }
 
-    /// Runs `f` on a crypto thread; `None` if the pool is gone or `f` panicked.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+    /// Hands `f` to a crypto thread **now** and returns a future of its result (`None` if
+    /// the pool is gone or `f` panicked). Sending before anything is awaited is what lets
+    /// the caller work in parallel with the crypto threads.
+    pub fn run<T, F>(&self, f: F) -> impl std::future::Future<Output = Option<T>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Box::new(move || drop(reply.send(f())))).ok()?;
-        rx.await.ok()
+        let sent = self.tx.send(Box::new(move || drop(reply.send(f())))).is_ok();
+        async move {
+            if !sent {
+                return None;
+            }
+            rx.await.ok()
+        }
     }
 }

@@ -19,22 +19,48 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::backend::BackendError;
 
-/// The fixed HKDF info label (followed by the length as u32 big-endian).
+/// The fixed HKDF info label of `DeriveDataKey` keys (followed by the length as u32
+/// big-endian).
 pub const INFO: &[u8] = b"harpocrates data key v1";
+/// The info label of envelope keys: a different label, so a client cannot obtain an
+/// envelope key through `DeriveDataKey` and open envelopes without the daemon.
+pub const ENVELOPE_INFO: &[u8] = b"harpocrates envelope key v1";
+
+/// What a derived key is for; each purpose has its own HKDF info label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Handed to the caller by `DeriveDataKey`.
+    DataKey,
+    /// Used inside the daemon for envelope encryption; never handed out.
+    Envelope,
+}
+
+impl Purpose {
+    fn info(self) -> &'static [u8] {
+        match self {
+            Purpose::DataKey => INFO,
+            Purpose::Envelope => ENVELOPE_INFO,
+        }
+    }
+}
 /// Shortest data key, bytes.
 pub const MIN_LEN: usize = 16;
 /// Longest data key, bytes.
 pub const MAX_LEN: usize = 64;
 
 /// HKDF-Expand of a token-computed PRK into a data key of `len` bytes.
-pub fn expand(prk: &[u8; 32], len: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+pub fn expand(
+    prk: &[u8; 32],
+    len: usize,
+    purpose: Purpose,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
     if !(MIN_LEN..=MAX_LEN).contains(&len) {
         return Err(BackendError::InvalidArgument(format!(
             "data keys are {MIN_LEN} to {MAX_LEN} bytes, not {len}"
         )));
     }
     let hk = Hkdf::<Sha256>::from_prk(prk).map_err(|_| BackendError::Failed("bad PRK".into()))?;
-    let mut info = INFO.to_vec();
+    let mut info = purpose.info().to_vec();
     info.extend_from_slice(&(len as u32).to_be_bytes());
     let mut okm = Zeroizing::new(vec![0u8; len]);
     hk.expand(&info, &mut okm).map_err(|_| BackendError::Failed("HKDF-Expand failed".into()))?;
@@ -52,6 +78,8 @@ pub struct DekId {
     pub context: Vec<u8>,
     /// Key length.
     pub len: u8,
+    /// What the key is for.
+    pub purpose: Purpose,
 }
 
 /// Fixed-size slots in memory locked against swapping, where the OS allows.
@@ -224,15 +252,30 @@ mod tests {
     #[test]
     fn lengths_give_unrelated_keys_and_are_bounded() {
         let prk = [7u8; 32];
-        let a = expand(&prk, 16).expect("16");
-        let b = expand(&prk, 32).expect("32");
+        let a = expand(&prk, 16, Purpose::DataKey).expect("16");
+        let b = expand(&prk, 32, Purpose::DataKey).expect("32");
         assert_ne!(a.as_slice(), &b[..16], "a shorter key is not a prefix of a longer one");
-        assert_eq!(expand(&prk, 32).expect("again").as_slice(), b.as_slice(), "deterministic");
-        assert!(expand(&prk, 15).is_err() && expand(&prk, 65).is_err());
+        let e = expand(&prk, 32, Purpose::Envelope).expect("envelope");
+        assert_ne!(e.as_slice(), b.as_slice(), "envelope keys are not data keys");
+        assert_eq!(
+            expand(&prk, 32, Purpose::DataKey).expect("again").as_slice(),
+            b.as_slice(),
+            "deterministic"
+        );
+        assert!(
+            expand(&prk, 15, Purpose::DataKey).is_err()
+                && expand(&prk, 65, Purpose::DataKey).is_err()
+        );
     }
 
     fn id(ctx: &str) -> DekId {
-        DekId { kek: "k".into(), version: 1, context: ctx.as_bytes().to_vec(), len: 32 }
+        DekId {
+            kek: "k".into(),
+            version: 1,
+            context: ctx.as_bytes().to_vec(),
+            len: 32,
+            purpose: Purpose::Envelope,
+        }
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn parse(ct: &[u8]) -> Result<Parsed<'_>, BackendError> {
         return Err(bad("truncated"));
     }
     let name = std::str::from_utf8(&ct[2..2 + n]).map_err(|_| bad("KEK name is not UTF-8"))?;
+    crate::keys::name::validate_label(name).map_err(|_| bad("invalid KEK name"))?;
     let version = u32::from_be_bytes([ct[2 + n], ct[3 + n], ct[4 + n], ct[5 + n]]);
     Ok(Parsed {
         kek: KekId { name: name.to_owned(), version },

@@ -56,6 +56,11 @@ pub struct KekState {
     pub destroyed: BTreeSet<u32>,
     /// The highest version ever created; numbers are never reused.
     pub highest: u32,
+    /// Bumped by every write, so a cache never replaces a newer state with an older one.
+    pub revision: u64,
+    /// Destroyed versions whose keys may still be in the token (a crash or a failed
+    /// destroy); removed before the next change, then dropped from this set.
+    pub cleanup: BTreeSet<u32>,
 }
 
 /// What a transition asks the token to do, in order, before and after the state write.
@@ -83,6 +88,8 @@ impl KekState {
             retired: BTreeSet::new(),
             destroyed: BTreeSet::new(),
             highest: 1,
+            revision: 1,
+            cleanup: BTreeSet::new(),
         }
     }
 
@@ -149,6 +156,7 @@ impl KekState {
         step: RotationStep,
     ) -> Result<(Self, Vec<Effect>), BackendError> {
         let mut next = self.clone();
+        next.revision += 1;
         let effects = match (step, self.pending) {
             (RotationStep::Status, _) => Vec::new(),
             (RotationStep::Prepare, None) => {
@@ -179,6 +187,7 @@ impl KekState {
             (RotationStep::Rollback, Some((v, _))) => {
                 next.pending = None;
                 next.destroyed.insert(v);
+                next.cleanup.insert(v);
                 vec![Effect::DestroyVersion(v)]
             }
             (RotationStep::Validate | RotationStep::Commit | RotationStep::Rollback, None) => {
@@ -219,14 +228,25 @@ impl KekState {
             Some(KekVersionState::DecryptOnly | KekVersionState::Retired) => {}
         }
         let mut next = self.clone();
+        next.revision += 1;
         if destroy {
             next.retired.remove(&version);
             next.destroyed.insert(version);
+            next.cleanup.insert(version);
             Ok((next, vec![Effect::DestroyVersion(version)]))
         } else {
             next.retired.insert(version);
             Ok((next, Vec::new()))
         }
+    }
+
+    /// The same state with the leftovers of destroyed versions removed (after their keys
+    /// were destroyed).
+    pub fn cleaned(&self) -> Self {
+        let mut next = self.clone();
+        next.revision += 1;
+        next.cleanup.clear();
+        next
     }
 
     /// The wire description.

@@ -11,15 +11,19 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use harpocrates_protocol::{
-    DataKey, ErrorCode, KekId, KekInfo, KeyAttributes, Response, SecretBytes, WireError,
+    DataKey, ErrorCode, KekId, KekInfo, KekVersionState, KeyAttributes, Response, SecretBytes,
+    WireError,
 };
 use zeroize::Zeroizing;
 
-use super::dek::{DekCache, DekId};
+use super::dek::{DekCache, DekId, Purpose};
 use super::kek::{self, KekState};
 use super::{ciphertext, envelope};
 use crate::actors::session::pool::SessionPool;
 use crate::backend::BackendError;
+
+/// How often a ciphertext naming an unknown version may force a state re-read.
+const FORCED_REFRESH: Duration = Duration::from_millis(100);
 
 /// Format byte of a wrapped data key.
 const WRAPPED_V1: u8 = 0xD1;
@@ -51,7 +55,7 @@ pub struct KeyManager {
     crypto: super::crypto_pool::CryptoPool,
     threads: usize,
     settings: KeyManagerSettings,
-    states: RwLock<HashMap<String, (KekState, Instant)>>,
+    states: RwLock<HashMap<String, (Option<KekState>, Instant)>>,
     deks: DekCache,
 }
 
@@ -79,12 +83,23 @@ impl KeyManager {
         &self.pool
     }
 
-    /// Records a state the coordinator just wrote.
-    pub fn remember(&self, name: &str, state: KekState) {
-        self.states
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), (state, Instant::now()));
+    /// Records a KEK's state (or its absence) as read from or written to the token. A
+    /// state never replaces a newer one (a read that started before a write may finish
+    /// after it), and data keys of versions the new state retired or destroyed are wiped.
+    pub fn remember(&self, name: &str, state: Option<KekState>) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let previous = states.get(name).and_then(|(s, _)| s.clone());
+        if let (Some(old), Some(new)) = (&previous, &state) {
+            if old.revision > new.revision {
+                return;
+            }
+            for v in new.retired.iter().chain(&new.destroyed) {
+                if !old.retired.contains(v) && !old.destroyed.contains(v) {
+                    self.deks.forget_version(name, *v);
+                }
+            }
+        }
+        states.insert(name.to_owned(), (state, Instant::now()));
     }
 
     /// Drops cached data keys of a version that may no longer be used.
@@ -97,21 +112,22 @@ impl KeyManager {
         let label = kek::state_label(name);
         let bytes = self.pool.run("kek_state_read", move |s| s.read_object(&label)).await?;
         let state = bytes.map(|b| KekState::decode(&b)).transpose().map_err(wire)?;
-        if let Some(s) = &state {
-            self.remember(name, s.clone());
-        }
-        Ok(state)
+        self.remember(name, state.clone());
+        Ok(self.cached(name).map(|(s, _)| s).unwrap_or(state))
     }
 
-    /// A KEK's state, from the cache while it is fresh enough.
+    fn cached(&self, name: &str) -> Option<(Option<KekState>, Instant)> {
+        self.states.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// A KEK's state, from the cache while it is fresh enough. An unknown name is cached
+    /// too, so requests for it cost no token lookup until the cache expires.
     pub async fn state(&self, name: &str) -> Result<KekState, WireError> {
-        if let Some((s, at)) = self.states.read().unwrap_or_else(|p| p.into_inner()).get(name)
-            && at.elapsed() < self.settings.kek_refresh
-        {
-            return Ok(s.clone());
-        }
-        self.read_state(name)
-            .await?
+        let state = match self.cached(name) {
+            Some((s, at)) if at.elapsed() < self.settings.kek_refresh => s,
+            _ => self.read_state(name).await?,
+        };
+        state
             .ok_or_else(|| WireError::new(ErrorCode::KeyNotFound, format!("no KEK named '{name}'")))
     }
 
@@ -128,12 +144,13 @@ impl KeyManager {
         Ok(out)
     }
 
-    /// The data key for (KEK version, context, len): cached, or derived in the token.
+    /// The key for (KEK version, context, len, purpose): cached, or derived in the token.
     async fn dek(
         &self,
         kek: &KekId,
         context: &[u8],
         len: usize,
+        purpose: Purpose,
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
         if !(super::dek::MIN_LEN..=super::dek::MAX_LEN).contains(&len) {
             return Err(wire(BackendError::InvalidArgument(format!(
@@ -145,6 +162,7 @@ impl KeyManager {
             version: kek.version,
             context: context.to_vec(),
             len: len as u8,
+            purpose,
         };
         if let Some(dek) = self.deks.get(&id) {
             return Ok(dek);
@@ -152,7 +170,19 @@ impl KeyManager {
         let label = kek::mac_label(&kek.name, kek.version);
         let ctx = context.to_vec();
         let prk = self.pool.run("kek_derive", move |s| s.hmac_sha256(&label, &ctx)).await?;
-        let dek = super::dek::expand(&prk, len).map_err(wire)?;
+        let dek = super::dek::expand(&prk, len, purpose).map_err(wire)?;
+        // The version may have been retired while the token computed: never cache (or
+        // use) a key of a version the latest known state forbids.
+        if let Some((Some(state), _)) = self.cached(&kek.name)
+            && state
+                .version_state(kek.version)
+                .is_some_and(|v| matches!(v, KekVersionState::Retired | KekVersionState::Destroyed))
+        {
+            return Err(wire(BackendError::InvalidState(format!(
+                "KEK {} version {} was retired meanwhile",
+                kek.name, kek.version
+            ))));
+        }
         self.deks.insert(id, &dek);
         Ok(dek)
     }
@@ -167,7 +197,10 @@ impl KeyManager {
     /// ciphertext names a version this daemon has not seen (another daemon rotated).
     async fn check_decrypt(&self, kek: &KekId) -> Result<(), WireError> {
         let mut state = self.state(&kek.name).await?;
-        if kek.version > state.latest() {
+        let age = self.cached(&kek.name).map_or(Duration::MAX, |(_, at)| at.elapsed());
+        // A version this daemon has not seen: another daemon may have rotated. Re-read,
+        // but at most every FORCED_REFRESH, so forged versions cannot flood the token.
+        if kek.version > state.latest() && age > FORCED_REFRESH {
             state = self.read_state(&kek.name).await?.ok_or_else(|| {
                 WireError::new(ErrorCode::KeyNotFound, format!("no KEK named '{}'", kek.name))
             })?;
@@ -183,7 +216,7 @@ impl KeyManager {
         len: u32,
     ) -> Result<DataKey, WireError> {
         let kek = self.active(name).await?;
-        let dek = self.dek(&kek, context, len as usize).await?;
+        let dek = self.dek(&kek, context, len as usize, Purpose::DataKey).await?;
         Ok(DataKey { dek: dek.into(), kek, wrapped: None })
     }
 
@@ -196,7 +229,7 @@ impl KeyManager {
         aad: &[u8],
     ) -> Result<Vec<u8>, WireError> {
         let kek = self.active(name).await?;
-        let dek = self.dek(&kek, context, envelope::DEK_LEN).await?;
+        let dek = self.dek(&kek, context, envelope::DEK_LEN, Purpose::Envelope).await?;
         envelope::seal(&kek, &dek, context, plaintext, aad).map_err(wire)
     }
 
@@ -209,7 +242,7 @@ impl KeyManager {
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
         let kek = envelope::kek_of(ciphertext).map_err(wire)?;
         self.check_decrypt(&kek).await?;
-        let dek = self.dek(&kek, context, envelope::DEK_LEN).await?;
+        let dek = self.dek(&kek, context, envelope::DEK_LEN, Purpose::Envelope).await?;
         envelope::open(ciphertext, context, aad, &dek).map_err(wire)
     }
 
@@ -248,15 +281,18 @@ impl KeyManager {
         let offloaded: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
-                self.crypto
-                    .run(move || chunk.into_iter().map(|(i, p)| (i, p.run())).collect::<Vec<_>>())
+                let indices: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
+                let work = move || chunk.into_iter().map(|(i, p)| (i, p.run())).collect::<Vec<_>>();
+                (indices, self.crypto.run(work))
             })
             .collect();
         done.extend(mine.into_iter().map(|(i, p)| (i, p.run())));
-        for results in futures::future::join_all(offloaded).await {
-            match results {
+        for (indices, fut) in offloaded {
+            match fut.await {
                 Some(r) => done.extend(r),
-                None => tracing::error!("a crypto thread failed; its operations are lost"),
+                None => done.extend(indices.into_iter().map(|i| {
+                    (i, Err(WireError::new(ErrorCode::OperationFailed, "a crypto thread failed")))
+                })),
             }
         }
         done
@@ -266,13 +302,13 @@ impl KeyManager {
         match op {
             EnvelopeOp::Encrypt { kek, context, plaintext, aad } => {
                 let kek = self.active(&kek).await?;
-                let dek = self.dek(&kek, &context, envelope::DEK_LEN).await?;
+                let dek = self.dek(&kek, &context, envelope::DEK_LEN, Purpose::Envelope).await?;
                 Ok(Prepared::Seal { kek, dek, context, plaintext, aad })
             }
             EnvelopeOp::Decrypt { context, ciphertext, aad } => {
                 let kek = envelope::kek_of(&ciphertext).map_err(wire)?;
                 self.check_decrypt(&kek).await?;
-                let dek = self.dek(&kek, &context, envelope::DEK_LEN).await?;
+                let dek = self.dek(&kek, &context, envelope::DEK_LEN, Purpose::Envelope).await?;
                 Ok(Prepared::Open { dek, context, ciphertext, aad })
             }
         }
@@ -420,6 +456,7 @@ fn parse_wrapped(w: &[u8]) -> Result<(KekId, usize), BackendError> {
         return Err(bad());
     }
     let name = std::str::from_utf8(&w[2..2 + n]).map_err(|_| bad())?.to_owned();
+    crate::keys::name::validate_label(&name).map_err(|_| bad())?;
     let version = u32::from_be_bytes([w[2 + n], w[3 + n], w[4 + n], w[5 + n]]);
     Ok((KekId { name, version }, header_len))
 }
@@ -431,8 +468,10 @@ pub const KEK_AES_ATTRIBUTES: KeyAttributes = KeyAttributes {
     sensitive: true,
     encrypt: true,
     decrypt: true,
-    wrap: true,
-    unwrap: true,
+    // Only C_Encrypt/C_Decrypt are used; allowing wrap/unwrap would invite the PKCS#11
+    // wrap-then-decrypt attack from any other session on the token.
+    wrap: false,
+    unwrap: false,
 };
 
 /// Keeps the handle type in this module's public signature simple for callers.

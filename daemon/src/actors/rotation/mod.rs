@@ -144,7 +144,7 @@ async fn run_effect(km: &KeyManager, name: &str, effect: Effect) -> Result<(), W
 async fn write_state(km: &KeyManager, name: &str, state: &KekState) -> Result<(), WireError> {
     let (label, bytes) = (kek::state_label(name), state.encode());
     km.pool().run("kek_state_write", move |s| s.write_object(&label, &bytes)).await?;
-    km.remember(name, state.clone());
+    km.remember(name, Some(state.clone()));
     Ok(())
 }
 
@@ -170,10 +170,21 @@ async fn apply(
     write_state(km, name, &next).await?;
     crash_point(&format!("{step}:after-state"));
     if !after.is_empty() {
+        // The state no longer names these keys, so a failure here is not the caller's
+        // failure: the version stays in `cleanup` and the next change removes it.
+        let mut all_done = true;
         for e in after {
-            run_effect(km, name, e).await?;
+            if let Err(e) = run_effect(km, name, e).await {
+                tracing::warn!(kek = name, error = %e, "destroying keys failed; will retry");
+                all_done = false;
+            }
         }
         crash_point(&format!("{step}:after-destroy"));
+        if all_done {
+            let cleaned = next.cleaned();
+            write_state(km, name, &cleaned).await?;
+            return Ok(cleaned.info(name));
+        }
     }
     Ok(next.info(name))
 }
@@ -188,25 +199,29 @@ pub async fn create(km: &KeyManager, name: &str) -> Result<KekInfo, WireError> {
     apply(km, name, "create", KekState::new(), vec![Effect::CreateVersion(1)]).await
 }
 
-/// Destroys keys the state marks destroyed but a crash (or a failed destroy) left in the
-/// token. Idempotent; run before every change, so leftovers never outlive the next one.
-async fn reconcile(km: &KeyManager, name: &str, state: &KekState) -> Result<(), WireError> {
-    for &v in &state.destroyed {
+/// Destroys keys of destroyed versions that a crash or a failed destroy left in the token
+/// (the state's `cleanup` set), then records that they are gone.
+async fn reconcile(km: &KeyManager, name: &str, state: KekState) -> Result<KekState, WireError> {
+    if state.cleanup.is_empty() {
+        return Ok(state);
+    }
+    for &v in &state.cleanup {
         let n = name.to_owned();
         km.pool().run("kek_destroy_version", move |s| destroy_version(s, &n, v)).await?;
     }
-    Ok(())
+    let cleaned = state.cleaned();
+    write_state(km, name, &cleaned).await?;
+    Ok(cleaned)
 }
 
 /// The KEK's state, re-read from the token (the truth; another daemon may have moved
-/// it), with any leftovers of destroyed versions cleaned up.
+/// it), with leftovers of destroyed versions cleaned up.
 async fn current(km: &KeyManager, name: &str) -> Result<KekState, WireError> {
     let state = km
         .read_state(name)
         .await?
         .ok_or_else(|| wire(BackendError::KeyNotFound(format!("no KEK named '{name}'"))))?;
-    reconcile(km, name, &state).await?;
-    Ok(state)
+    reconcile(km, name, state).await
 }
 
 /// One rotation step.

@@ -25,8 +25,8 @@ pub struct Work {
 /// Daemon-internal work on a session (the key manager's token calls), run with the same
 /// retry and supervision as client operations.
 pub trait Job: Send {
-    /// Runs on the actor's worker and delivers its own result.
-    fn run(self: Box<Self>, worker: &mut SessionWorker);
+    /// Runs on the actor's worker and delivers its own result; returns whether it succeeded.
+    fn run(self: Box<Self>, worker: &mut SessionWorker) -> bool;
     /// The operation name, for metrics.
     fn name(&self) -> &'static str;
 }
@@ -77,12 +77,14 @@ impl Handler<ExecBatch> for SessionActor {
                 Queued::Job(job) => {
                     let name = job.name();
                     let started = Instant::now();
-                    if catch_unwind(AssertUnwindSafe(|| job.run(&mut self.worker))).is_err() {
-                        poisoned = true;
-                        self.worker.reset();
-                        tracing::error!(job = name, "an internal job panicked");
-                    }
-                    self.metrics.record(name, true, started.elapsed());
+                    let ok = catch_unwind(AssertUnwindSafe(|| job.run(&mut self.worker)))
+                        .unwrap_or_else(|_| {
+                            poisoned = true;
+                            self.worker.reset();
+                            tracing::error!(job = name, "an internal job panicked");
+                            false
+                        });
+                    self.metrics.record(name, ok, started.elapsed());
                     continue;
                 }
             };

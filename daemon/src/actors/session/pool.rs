@@ -67,7 +67,12 @@ impl SessionPool {
         F: FnMut(&mut dyn BackendSession) -> BackendResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        self.admit(Queued::Job(Box::new(FnJob { name, f, reply })))?;
+        // The daemon's own work waits for a slot instead of failing with Busy: a rotation
+        // step must not stop halfway because clients filled the queue.
+        self.queue
+            .send(Queued::Job(Box::new(FnJob { name, f, reply })))
+            .await
+            .map_err(|_| WireError::new(ErrorCode::Unavailable, "the session pool has stopped"))?;
         match rx.await {
             Ok(result) => result.map_err(WireError::from),
             Err(_) => Err(WireError::new(ErrorCode::Unavailable, "the session actor stopped")),
@@ -97,9 +102,11 @@ where
     T: Send,
     F: FnMut(&mut dyn BackendSession) -> BackendResult<T> + Send,
 {
-    fn run(mut self: Box<Self>, worker: &mut SessionWorker) {
+    fn run(mut self: Box<Self>, worker: &mut SessionWorker) -> bool {
         let result = worker.with_session(&mut self.f);
+        let ok = result.is_ok();
         let _ = self.reply.send(result);
+        ok
     }
 
     fn name(&self) -> &'static str {

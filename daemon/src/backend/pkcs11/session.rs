@@ -450,10 +450,12 @@ impl BackendSession for Pkcs11Session {
     }
 
     fn read_object(&mut self, label: &str) -> BackendResult<Option<Vec<u8>>> {
+        // Highest sequence wins; equal sequences (two daemons writing at once) are broken
+        // by the value, so every reader picks the same one.
         Ok(self
             .object_versions(label)?
             .into_iter()
-            .max_by_key(|(seq, _, _)| *seq)
+            .max_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)))
             .map(|(_, _, v)| v))
     }
 
