@@ -136,6 +136,9 @@ pub fn run(
 ) -> Result<(), ListenError> {
     let system = actix::System::new();
     let result = system.block_on(async move {
+        // Handlers first: a SIGTERM sent right after READY=1 (systemd may) must find them
+        // installed, or the default action kills the daemon without a graceful stop.
+        let signals = Signals::install();
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
         let server = actix::spawn(serve(settings, backend, shutdown.clone(), ready_tx));
@@ -144,7 +147,7 @@ pub fn run(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()),
         }
-        wait_for_signal().await;
+        signals.wait().await;
         shutdown.cancel();
         let _ = server.await;
         Ok(())
@@ -153,17 +156,27 @@ pub fn run(
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+                Self(None)
+            }
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else { return std::future::pending().await };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
