@@ -6,6 +6,8 @@
 //! explicit 256-operation batch — so ratios come from the same run on the same machine.
 //! `benches/report.py` turns criterion's output into the side-by-side table.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -197,28 +199,6 @@ fn envelope(c: &mut Criterion, f: &mut Fixture, size: usize) {
     g.finish();
 }
 
-/// `DeriveDataKey` with a hot context (cached data key) and a fresh one each time (an
-/// HMAC in the token).
-fn derive(c: &mut Criterion, f: &mut Fixture) {
-    let mut g = c.benchmark_group("derive_data_key");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("warm_cache", |b| {
-        b.iter(|| {
-            f.runtime.block_on(f.batching.derive_data_key("kek", b"hot", 32)).expect("derive")
-        })
-    });
-    let mut n = 0u64;
-    g.bench_function("cold_cache", |b| {
-        b.iter(|| {
-            n += 1;
-            f.runtime
-                .block_on(f.batching.derive_data_key("kek", &n.to_le_bytes(), 32))
-                .expect("derive")
-        })
-    });
-    g.finish();
-}
-
 fn benches(c: &mut Criterion) {
     let mut f = fixture();
     ping(c, &mut f);
@@ -226,7 +206,7 @@ fn benches(c: &mut Criterion) {
     encrypt(c, &mut f, 4096);
     envelope(c, &mut f, 64);
     envelope(c, &mut f, 4096);
-    derive(c, &mut f);
+    common::derive(c, "derive_data_key", &f.runtime, &f.batching);
     let Fixture { daemon, runtime, batching, pipelining, many, .. } = f;
     drop((batching, pipelining, many));
     drop(runtime);

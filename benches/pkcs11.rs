@@ -9,6 +9,8 @@
 //! once, and four client connections of 64 concurrent calls.
 //! `HARPO_BENCH_SESSIONS` sets the daemon's session pool (default 2).
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,38 +155,6 @@ fn group(c: &mut Criterion, f: &mut Fixture, name: &str, request: Request) {
     g.finish();
 }
 
-/// `DeriveDataKey` on SoftHSM2: a hot context (the data key is cached) against a fresh
-/// context every time (an HMAC in the token).
-fn derive(c: &mut Criterion, f: &mut Fixture) {
-    f.runtime.block_on(f.batching.generate_kek("kek")).expect("kek");
-    let mut g = c.benchmark_group("softhsm_derive_data_key");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("warm_cache", |b| {
-        b.iter(|| {
-            f.runtime.block_on(f.batching.derive_data_key("kek", b"hot", 32)).expect("derive")
-        })
-    });
-    let mut n = 0u64;
-    g.bench_function("cold_cache", |b| {
-        b.iter(|| {
-            n += 1;
-            f.runtime
-                .block_on(f.batching.derive_data_key("kek", &n.to_le_bytes(), 32))
-                .expect("derive")
-        })
-    });
-    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
-    g.bench_function("warm_cache_batch", |b| {
-        let request =
-            Request::DeriveDataKey { kek: "kek".into(), context: b"hot".to_vec(), len: 32 };
-        b.iter(|| {
-            let batch = (0..IN_FLIGHT).fold(f.batching.batch(), |b, _| b.push(request.clone()));
-            f.runtime.block_on(batch.send()).expect("batch")
-        })
-    });
-    g.finish();
-}
-
 fn benches(c: &mut Criterion) {
     let mut f = fixture();
     let encrypt =
@@ -192,7 +162,8 @@ fn benches(c: &mut Criterion) {
     group(c, &mut f, "softhsm_encrypt_64B", encrypt(64));
     group(c, &mut f, "softhsm_encrypt_4KiB", encrypt(4096));
     group(c, &mut f, "softhsm_random_32B", Request::GenerateRandom { len: 32 });
-    derive(c, &mut f);
+    f.runtime.block_on(f.batching.generate_kek("kek")).expect("kek");
+    common::derive(c, "softhsm_derive_data_key", &f.runtime, &f.batching);
     let Fixture { daemon, runtime, batching, pipelining, many, .. } = f;
     drop((batching, pipelining, many));
     drop(runtime);

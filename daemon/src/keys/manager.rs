@@ -7,7 +7,7 @@
 //! daemon on the same token is picked up within that time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use harpocrates_protocol::{
@@ -461,18 +461,7 @@ fn parse_wrapped(w: &[u8]) -> Result<(KekId, usize), BackendError> {
     Ok((KekId { name, version }, header_len))
 }
 
-/// The attributes of a KEK version's AES key: in the token only, never extractable.
-pub const KEK_AES_ATTRIBUTES: KeyAttributes = KeyAttributes {
-    size_bits: 256,
-    extractable: false,
-    sensitive: true,
-    encrypt: true,
-    decrypt: true,
-    // Only C_Encrypt/C_Decrypt are used; allowing wrap/unwrap would invite the PKCS#11
-    // wrap-then-decrypt attack from any other session on the token.
-    wrap: false,
-    unwrap: false,
-};
-
-/// Keeps the handle type in this module's public signature simple for callers.
-pub type SharedKeyManager = Arc<KeyManager>;
+/// The attributes of a KEK version's AES key: sensitive, never extractable, encrypt and
+/// decrypt only. Only C_Encrypt/C_Decrypt are used with it; allowing wrap/unwrap would
+/// invite the PKCS#11 wrap-then-decrypt attack from any other session on the token.
+pub const KEK_AES_ATTRIBUTES: KeyAttributes = KeyAttributes::aes(256);

@@ -1,0 +1,32 @@
+//! Benchmark groups both bench targets share.
+
+use criterion::{Criterion, Throughput};
+use harpocrates::client::Client;
+use harpocrates::protocol::Request;
+
+/// `DeriveDataKey` on KEK `kek`: a hot context (the data key is cached in the daemon)
+/// against a fresh context every time (an HMAC in the token), and a batch of hot ones.
+pub fn derive(c: &mut Criterion, group: &str, runtime: &tokio::runtime::Runtime, client: &Client) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("warm_cache", |b| {
+        b.iter(|| runtime.block_on(client.derive_data_key("kek", b"hot", 32)).expect("derive"))
+    });
+    let mut n = 0u64;
+    g.bench_function("cold_cache", |b| {
+        b.iter(|| {
+            n += 1;
+            runtime.block_on(client.derive_data_key("kek", &n.to_le_bytes(), 32)).expect("derive")
+        })
+    });
+    const BATCH: usize = 256;
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let request = Request::DeriveDataKey { kek: "kek".into(), context: b"hot".to_vec(), len: 32 };
+    g.bench_function("warm_cache_batch", |b| {
+        b.iter(|| {
+            let batch = (0..BATCH).fold(client.batch(), |b, _| b.push(request.clone()));
+            runtime.block_on(batch.send()).expect("batch")
+        })
+    });
+    g.finish();
+}
