@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use harpocrates::client::{Client, ClientOptions};
+use harpocrates::client::Client;
 use harpocrates_daemon::backend::soft::store::KdfParams;
 use harpocrates_daemon::backend::soft::{SoftConfig, SoftToken};
 use harpocrates_daemon::backend::{Backend, BackendSession};
@@ -63,23 +63,9 @@ fn fixture() -> Fixture {
     let mut direct = direct_token.open_session().expect("session");
     direct.generate_key("k", &harpocrates::protocol::KeyAttributes::aes(256)).expect("key");
 
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (batching, pipelining) = runtime.block_on(async {
-        let batching = Client::connect(daemon.socket_path()).await.expect("connect");
-        batching.generate_key("k", 256).await.expect("key");
-        let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
-        let pipelining =
-            Client::connect_with(daemon.socket_path(), options).await.expect("connect");
-        (batching, pipelining)
-    });
-    let many = runtime.block_on(async {
-        let mut many = Vec::new();
-        for _ in 0..4 {
-            many.push(Client::connect(daemon.socket_path()).await.expect("connect"));
-        }
-        many
-    });
+    let common::Clients { runtime, batching, pipelining, many } =
+        common::Clients::connect(daemon.socket_path());
+    runtime.block_on(batching.generate_key("k", 256)).expect("key");
     runtime.block_on(batching.generate_kek("kek")).expect("kek");
     Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining, many }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use harpocrates::client::{Client, ClientOptions};
+use harpocrates::client::Client;
 use harpocrates::protocol::{KeyAttributes, Request};
 use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, uri};
 use harpocrates_daemon::backend::{Backend, BackendSession};
@@ -82,19 +82,8 @@ fn fixture() -> Fixture {
     .expect("settings");
     let daemon = server::spawn(settings, Arc::new(backend)).expect("daemon");
 
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (batching, pipelining, many) = runtime.block_on(async {
-        let socket = daemon.socket_path();
-        let batching = Client::connect(socket).await.expect("connect");
-        let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
-        let pipelining = Client::connect_with(socket, options).await.expect("connect");
-        let mut many = Vec::new();
-        for _ in 0..4 {
-            many.push(Client::connect(socket).await.expect("connect"));
-        }
-        (batching, pipelining, many)
-    });
+    let common::Clients { runtime, batching, pipelining, many } =
+        common::Clients::connect(daemon.socket_path());
     Fixture { _dir: dir, daemon, direct, runtime, batching, pipelining, many }
 }
 

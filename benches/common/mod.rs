@@ -1,8 +1,41 @@
 //! Benchmark groups both bench targets share.
 
+use std::path::Path;
+
 use criterion::{Criterion, Throughput};
-use harpocrates::client::Client;
+use harpocrates::client::{Client, ClientOptions};
 use harpocrates::protocol::Request;
+
+/// The clients every benchmark drives, on one current-thread runtime.
+pub struct Clients {
+    /// Drives the clients from the benchmark thread.
+    pub runtime: tokio::runtime::Runtime,
+    /// Auto-batching client (the default options).
+    pub batching: Client,
+    /// Auto-batching off: concurrent calls are only pipelined.
+    pub pipelining: Client,
+    /// Four more connections, for several-client variants.
+    pub many: Vec<Client>,
+}
+
+impl Clients {
+    /// Connects every client to the daemon at `socket`.
+    pub fn connect(socket: &Path) -> Self {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (batching, pipelining, many) = runtime.block_on(async {
+            let batching = Client::connect(socket).await.expect("connect");
+            let options = ClientOptions { max_auto_batch: 1, ..ClientOptions::default() };
+            let pipelining = Client::connect_with(socket, options).await.expect("connect");
+            let mut many = Vec::new();
+            for _ in 0..4 {
+                many.push(Client::connect(socket).await.expect("connect"));
+            }
+            (batching, pipelining, many)
+        });
+        Self { runtime, batching, pipelining, many }
+    }
+}
 
 /// `DeriveDataKey` on KEK `kek`: a hot context (the data key is cached in the daemon)
 /// against a fresh context every time (an HMAC in the token), and a batch of hot ones.
