@@ -266,6 +266,17 @@ impl KeyManager {
                 Err(e) => done.push((i, Err(e))),
             }
         }
+        if ready.len() == 1 && bytes >= SOLO_OFFLOAD_BYTES {
+            // One large payload: its AES would stall every other connection on the I/O
+            // thread for milliseconds, so it goes to a crypto thread even alone.
+            if let Some((i, p)) = ready.pop() {
+                let r = self.crypto.run(move || p.run()).await.unwrap_or_else(|| {
+                    Err(WireError::new(ErrorCode::OperationFailed, "a crypto thread failed"))
+                });
+                done.push((i, r));
+            }
+            return done;
+        }
         let threads = self.threads.min(ready.len());
         if bytes < OFFLOAD_MIN_BYTES || threads < 2 {
             done.extend(ready.into_iter().map(|(i, p)| (i, p.run())));
@@ -370,6 +381,9 @@ impl KeyManager {
 /// Below this much payload a batch's envelope work stays on the I/O thread: handing it
 /// to other threads would cost more than it saves.
 const OFFLOAD_MIN_BYTES: usize = 64 * 1024;
+
+/// A lone envelope payload this large is sealed or opened off the I/O thread.
+const SOLO_OFFLOAD_BYTES: usize = 256 * 1024;
 
 /// An envelope operation of a batch.
 pub enum EnvelopeOp {
