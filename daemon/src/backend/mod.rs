@@ -34,6 +34,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether keys can be exported as password-protected backups.
     fn supports_key_backup(&self) -> bool;
+
+    /// Releases the token for good (`C_Finalize` for a PKCS#11 module). Called once, at
+    /// shutdown, after every session has been closed; nothing may use the backend after.
+    fn finalize(&self) {}
 }
 
 /// One session on a token. Not shared between threads.

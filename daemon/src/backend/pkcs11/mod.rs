@@ -315,4 +315,15 @@ impl Backend for Pkcs11Backend {
     fn supports_key_backup(&self) -> bool {
         self.shared.can_wrap
     }
+
+    fn finalize(&self) {
+        // Taking the re-initialisation lock keeps a late recovery from re-initialising
+        // the module behind this call.
+        let _one = self.shared.reinit.lock().unwrap_or_else(|p| p.into_inner());
+        write(&self.shared.keys).clear();
+        match self.shared.ctx.clone().finalize() {
+            Ok(()) => tracing::info!("PKCS#11 module finalised"),
+            Err(e) => tracing::warn!(error = %brief(&e), "C_Finalize failed"),
+        }
+    }
 }
