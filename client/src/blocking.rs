@@ -14,6 +14,11 @@ use crate::error::{Error, Result};
 /// A synchronous client. It owns a small runtime (one worker thread) that drives the
 /// connection; calls from several threads share the connection and are batched together.
 ///
+/// It behaves as [`Client`] does under the same [`ClientOptions`]: the daemon's uid is
+/// checked before anything is sent, connecting plus the handshake is bounded by
+/// [`ClientOptions::connect_timeout`] and each call by [`ClientOptions::request_timeout`]
+/// (a call that runs out fails with [`Error::Timeout`] and leaves the connection usable).
+///
 /// Do not call it from inside an async runtime: use [`Client`] there.
 pub struct BlockingClient {
     runtime: tokio::runtime::Runtime,
@@ -44,10 +49,7 @@ impl BlockingClient {
             .thread_name("harpocrates-client")
             .enable_all()
             .build()
-            .map_err(|e| Error::Connect {
-                path: path.as_ref().to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::connect(path.as_ref(), &e))?;
         let client = runtime.block_on(Client::connect_with(path, options))?;
         Ok(Self { runtime, client })
     }

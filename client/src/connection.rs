@@ -4,11 +4,16 @@
 //! Coalescing needs no timer: the writer takes whatever calls are queued the moment it
 //! is free. A lone call goes out at once as a single frame; calls that arrive while the
 //! writer is busy go out together in the next frame.
+//!
+//! Before anything is sent, the process answering on the socket must be one the client
+//! trusts (see [`crate::trust`]). Connecting plus the handshake is bounded by
+//! [`ClientOptions::connect_timeout`], each call by [`ClientOptions::request_timeout`].
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use harpocrates_protocol::{
@@ -21,9 +26,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::{Error, Result};
+use crate::trust;
 
 type Codec = MessageCodec<ResponseFrame, RequestFrame>;
 type Reply = oneshot::Sender<Result<WireResult>>;
+
+/// The default of [`ClientOptions::connect_timeout`]: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default of [`ClientOptions::request_timeout`]: 60 seconds, well above the slowest
+/// single operation (a password-protected key backup or restore, a rotation step on a
+/// network HSM) yet short enough that a stopped or wedged daemon is noticed.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]
@@ -37,6 +51,23 @@ pub struct ClientOptions {
     pub queue_depth: usize,
     /// Name sent in the handshake, for the daemon's logs.
     pub client_name: String,
+    /// One more uid whose daemon this client trusts, besides root and its own effective
+    /// uid (and the owner of `/run/harpocrates` for the system socket). The environment
+    /// variable [`HARPOCRATES_DAEMON_UID`](crate::trust::DAEMON_UID_ENV) adds another.
+    /// A daemon answering as any other uid is refused with
+    /// [`Error::PermissionDenied`] before a byte is sent. Default: `None`.
+    pub trusted_daemon_uid: Option<u32>,
+    /// Longest time to connect, check the daemon's credentials and finish the handshake
+    /// (for every reconnection too); past it the call fails with [`Error::Timeout`].
+    /// `None` waits forever. Default: [`DEFAULT_CONNECT_TIMEOUT`] (5 s).
+    pub connect_timeout: Option<Duration>,
+    /// Longest wait for the answer to one call (a [`Client`](crate::Client) method, or one
+    /// explicit batch), from the moment it is queued; past it that call fails with
+    /// [`Error::Timeout`] and the connection stays usable for the other calls (the late
+    /// answer is discarded; a call not yet written is never sent). The request may or may
+    /// not have been carried out. `None` waits forever. Default:
+    /// [`DEFAULT_REQUEST_TIMEOUT`] (60 s).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +77,9 @@ impl Default for ClientOptions {
             max_auto_batch: 256,
             queue_depth: 4096,
             client_name: format!("harpocrates-client/{}", env!("CARGO_PKG_VERSION")),
+            trusted_daemon_uid: None,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }
@@ -80,14 +114,38 @@ pub struct Connection {
     calls: mpsc::Sender<Call>,
     alive: Arc<AtomicBool>,
     info: ServerInfo,
+    pending: PendingMap,
+    path: PathBuf,
+    request_timeout: Option<Duration>,
 }
 
 impl Connection {
-    /// Connects to `path` and says Hello.
+    /// Connects to `path`, checks that the process answering is trusted (see
+    /// [`crate::trust`]) and says Hello, all within
+    /// [`connect_timeout`](ClientOptions::connect_timeout).
+    ///
+    /// Fails with [`Error::PermissionDenied`] for an untrusted daemon (nothing is sent to
+    /// it), [`Error::Connect`] when the socket cannot be reached, [`Error::Timeout`] when
+    /// the time runs out.
     pub async fn open(path: &Path, options: &ClientOptions) -> Result<Self> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| Error::Connect { path: path.to_owned(), reason: e.to_string() })?;
+        let Some(limit) = options.connect_timeout else {
+            return Self::open_now(path, options).await;
+        };
+        let outcome = tokio::time::timeout(limit, Self::open_now(path, options)).await;
+        outcome.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "connecting to {} and the handshake took longer than {} (connect_timeout); \
+                 is harpocratesd stopped or overloaded?",
+                path.display(),
+                humantime::format_duration(limit)
+            )))
+        })
+    }
+
+    async fn open_now(path: &Path, options: &ClientOptions) -> Result<Self> {
+        let stream = UnixStream::connect(path).await.map_err(|e| Error::connect(path, &e))?;
+        // Not one byte, the Hello included, before we know who listens.
+        check_peer(&stream, path, options)?;
         let (read, write) = stream.into_split();
         let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
         let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
@@ -136,8 +194,15 @@ impl Connection {
             alive.clone(),
             options.max_auto_batch,
         ));
-        tokio::spawn(read_answers(reader, pending, alive.clone()));
-        Ok(Self { calls, alive, info })
+        tokio::spawn(read_answers(reader, pending.clone(), alive.clone()));
+        Ok(Self {
+            calls,
+            alive,
+            info,
+            pending,
+            path: path.to_owned(),
+            request_timeout: options.request_timeout,
+        })
     }
 
     /// Whether the connection still works.
@@ -150,17 +215,69 @@ impl Connection {
         &self.info
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer, at most
+    /// [`request_timeout`](ClientOptions::request_timeout).
     pub async fn call(&self, request: Request) -> Result<WireResult> {
         let (reply, answer) = oneshot::channel();
-        self.calls
-            .send(Call { request, reply })
-            .await
-            .map_err(|_| Error::ConnectionLost("the connection is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::ConnectionLost("closed before the answer arrived".into()))?
+        let exchange = async {
+            self.calls
+                .send(Call { request, reply })
+                .await
+                .map_err(|_| Error::ConnectionLost("the connection is closed".into()))?;
+            answer
+                .await
+                .map_err(|_| Error::ConnectionLost("closed before the answer arrived".into()))?
+        };
+        let Some(limit) = self.request_timeout else {
+            return exchange.await;
+        };
+        // A `let` statement, so the timed-out exchange (and its answer receiver) is dropped
+        // before the pending calls are swept.
+        let outcome = tokio::time::timeout(limit, exchange).await;
+        outcome.unwrap_or_else(|_| {
+            forget_abandoned(&self.pending);
+            Err(Error::Timeout(format!(
+                "no answer from the daemon on {} within {} (request_timeout); the request may \
+                 or may not have been carried out",
+                self.path.display(),
+                humantime::format_duration(limit)
+            )))
+        })
     }
+
+    /// Requests written and still waiting for an answer (for tests).
+    #[cfg(test)]
+    fn pending_len(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+/// Refuses, with [`Error::PermissionDenied`], a daemon whose uid this client does not trust.
+fn check_peer(stream: &UnixStream, path: &Path, options: &ClientOptions) -> Result<()> {
+    let cred = stream.peer_cred().map_err(|e| {
+        Error::PermissionDenied(format!(
+            "cannot tell who answers on {} (SO_PEERCRED: {e}), so nothing was sent",
+            path.display()
+        ))
+    })?;
+    let peer = cred.uid();
+    let (policy, notes) = trust::gather(path, options.trusted_daemon_uid);
+    match policy.decide(peer) {
+        Some(reason) => {
+            tracing::debug!(socket = %path.display(), peer_uid = peer, ?reason, "daemon trusted");
+            Ok(())
+        }
+        None => Err(Error::PermissionDenied(trust::refusal(path, peer, &policy, &notes))),
+    }
+}
+
+/// Drops the pending entries of calls whose callers gave up (timed out): their answers,
+/// if they ever come, find no entry and are discarded.
+fn forget_abandoned(pending: &PendingMap) {
+    lock(pending).retain(|_, waiting| match waiting {
+        Pending::Single(reply) => !reply.is_closed(),
+        Pending::Coalesced(replies) => replies.iter().any(|r| !r.is_closed()),
+    });
 }
 
 fn lost(e: FrameError) -> Error {
@@ -184,6 +301,10 @@ async fn write_calls(
         let mut chunk: Vec<Call> = Vec::new();
         let mut chunk_size = 0;
         for call in queued.drain(..) {
+            if call.reply.is_closed() {
+                // Its caller gave up (timed out) before it was written: never send it.
+                continue;
+            }
             if matches!(
                 call.request,
                 Request::Batch(_)
@@ -403,4 +524,123 @@ fn fail_all(pending: &PendingMap, reason: &str) {
 
 fn lock(pending: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
     pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use harpocrates_protocol::Response;
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    type ServerCodec = MessageCodec<RequestFrame, ResponseFrame>;
+
+    fn options(connect: u64, request: u64) -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Some(Duration::from_millis(connect)),
+            request_timeout: Some(Duration::from_millis(request)),
+            ..ClientOptions::default()
+        }
+    }
+
+    fn hello() -> WireResult {
+        Ok(Response::Hello {
+            version: PROTOCOL_VERSION,
+            daemon_version: "fake".into(),
+            backend: "fake".into(),
+            max_frame: harpocrates_protocol::DEFAULT_MAX_FRAME,
+        })
+    }
+
+    /// A daemon stand-in (running as us, so trusted) that answers Hello and Ping at once
+    /// but holds any other request until the next Ping, answering it right after that
+    /// Ping's Pong: so a held request's answer arrives late.
+    async fn stalling_daemon(listener: UnixListener) {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (r, w) = stream.into_split();
+        let mut reader = FramedRead::new(r, ServerCodec::default());
+        let mut writer = FramedWrite::new(w, ServerCodec::default());
+        let mut held = Vec::new();
+        while let Some(Ok(Ok(frame))) = reader.next().await {
+            let answers: Vec<(u64, WireResult)> = match frame.request {
+                Request::Hello { .. } => vec![(frame.id, hello())],
+                Request::Ping => {
+                    let mut a = vec![(frame.id, Ok(Response::Pong))];
+                    a.extend(held.drain(..).map(|id| (id, Ok(Response::Pong))));
+                    a
+                }
+                _ => {
+                    held.push(frame.id);
+                    vec![]
+                }
+            };
+            for (id, result) in answers {
+                writer.send(ResponseFrame { id, result }).await.expect("answer");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_daemon_fails_the_connect_with_a_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("silent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let started = Instant::now();
+        let opened = Connection::open(&path, &options(300, 60_000)).await;
+        let Err(Error::Timeout(msg)) = opened else {
+            panic!("expected a timeout, got {:?}", opened.map(|_| ()));
+        };
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(msg.contains("connect_timeout") && msg.contains("300ms"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_call_leaves_the_connection_working_for_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stall.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let daemon = tokio::spawn(stalling_daemon(listener));
+        let conn = Connection::open(&path, &options(5_000, 300)).await.expect("open");
+
+        let started = Instant::now();
+        let stalled = conn.call(Request::GenerateRandom { len: 1 }).await;
+        assert!(
+            matches!(&stalled, Err(Error::Timeout(m)) if m.contains("request_timeout")),
+            "{stalled:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(conn.pending_len(), 0, "the abandoned call is forgotten");
+
+        // The next Ping is answered, and the stalled call's late answer comes right after
+        // it: it must be discarded without harm.
+        assert_eq!(conn.call(Request::Ping).await.expect("ping"), Ok(Response::Pong));
+        assert_eq!(conn.call(Request::Ping).await.expect("ping"), Ok(Response::Pong));
+        assert!(conn.is_alive());
+        assert_eq!(conn.pending_len(), 0);
+        drop(conn);
+        daemon.await.expect("fake daemon");
+    }
+
+    #[tokio::test]
+    async fn without_a_request_timeout_a_call_waits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wait.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(stalling_daemon(listener));
+        let options = ClientOptions { request_timeout: None, ..options(5_000, 1) };
+        let conn = Arc::new(Connection::open(&path, &options).await.expect("open"));
+        let held = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.call(Request::GenerateRandom { len: 1 }).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!held.is_finished(), "no limit: still waiting");
+        // A Ping releases the held call.
+        assert_eq!(conn.call(Request::Ping).await.expect("ping"), Ok(Response::Pong));
+        assert_eq!(held.await.expect("join").expect("call"), Ok(Response::Pong));
+    }
 }

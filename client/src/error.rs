@@ -63,13 +63,27 @@ pub enum Error {
         message: String,
     },
     /// The daemon's socket could not be reached.
-    #[error("cannot connect to {}: {reason} (is harpocratesd running?)", path.display())]
+    ///
+    /// `kind` tells the causes apart: [`std::io::ErrorKind::PermissionDenied`] (EACCES: this
+    /// user may not use the socket or its directory) needs different help than
+    /// [`std::io::ErrorKind::NotFound`] or [`std::io::ErrorKind::ConnectionRefused`] (no
+    /// daemon listening).
+    #[error("cannot connect to {}: {reason}{}", path.display(), connect_hint(*kind))]
     Connect {
         /// The socket path tried.
         path: PathBuf,
-        /// The OS error.
+        /// The OS error, as text.
         reason: String,
+        /// The OS error's kind.
+        kind: std::io::ErrorKind,
     },
+    /// No answer came in time: connecting and the handshake took longer than
+    /// [`ClientOptions::connect_timeout`](crate::ClientOptions::connect_timeout), or a call
+    /// longer than [`ClientOptions::request_timeout`](crate::ClientOptions::request_timeout).
+    /// A call that timed out may or may not have been carried out by the daemon; its late
+    /// answer, if one comes, is discarded. The connection stays usable for other calls.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The connection closed before the answer arrived; the request may or may not have
     /// been carried out.
     #[error("connection to the daemon lost: {0}")]
@@ -98,19 +112,40 @@ impl Error {
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::InvalidState(_) => ErrorCode::InvalidState,
             Error::Unknown { code, .. } => ErrorCode::from_u16(*code),
-            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Protocol(_) => return None,
+            Error::Connect { .. }
+            | Error::ConnectionLost(_)
+            | Error::Protocol(_)
+            | Error::Timeout(_) => return None,
         })
     }
 
     /// Whether the same call may succeed if simply retried later.
+    ///
+    /// A [`Timeout`](Error::Timeout) is not: like [`ConnectionLost`](Error::ConnectionLost),
+    /// the call may have run. Nor is a [`Connect`](Error::Connect) refused for lack of
+    /// permission.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Busy(_)
-                | Error::Unavailable(_)
-                | Error::SessionInvalid(_)
-                | Error::Connect { .. }
-        )
+        match self {
+            Error::Busy(_) | Error::Unavailable(_) | Error::SessionInvalid(_) => true,
+            Error::Connect { kind, .. } => *kind != std::io::ErrorKind::PermissionDenied,
+            _ => false,
+        }
+    }
+
+    /// A [`Connect`](Error::Connect) error for `path` from the OS error `e`.
+    pub(crate) fn connect(path: &std::path::Path, e: &std::io::Error) -> Self {
+        Error::Connect { path: path.to_owned(), reason: e.to_string(), kind: e.kind() }
+    }
+}
+
+/// The advice after a connect error's reason.
+fn connect_hint(kind: std::io::ErrorKind) -> &'static str {
+    match kind {
+        std::io::ErrorKind::PermissionDenied => {
+            " (this user may not open the socket or its directory: the daemon's socket is \
+             usually open to one group, so ask to be added to it)"
+        }
+        _ => " (is harpocratesd running?)",
     }
 }
 

@@ -11,6 +11,13 @@
 //!   A call in flight when the connection drops fails with [`Error::ConnectionLost`]
 //!   (it may or may not have run), never silently retried.
 //!
+//! * **checking who answers** — before sending anything, the client reads the daemon's
+//!   credentials and refuses a uid it does not trust with [`Error::PermissionDenied`]
+//!   (see [`trust`]);
+//! * **bounded waits** — connecting plus the handshake within
+//!   [`ClientOptions::connect_timeout`] (5 s by default), each call within
+//!   [`ClientOptions::request_timeout`] (60 s by default), else [`Error::Timeout`].
+//!
 //! Errors are typed: match on [`Error::KeyNotFound`], [`Error::Busy`], ... — one variant
 //! per wire code.
 //!
@@ -30,11 +37,12 @@ pub mod blocking;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod trust;
 
 pub use batch::BatchBuilder;
 pub use blocking::BlockingClient;
 pub use client::Client;
-pub use connection::{ClientOptions, ServerInfo};
+pub use connection::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ServerInfo};
 pub use error::{Error, Result};
 pub use harpocrates_protocol::{
     DataKey, KekId, KekInfo, KekVersionState, KeyAttributes, KeyInfo, RotationStep, SecretBytes,
