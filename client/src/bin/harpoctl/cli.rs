@@ -17,6 +17,18 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Longest wait for connecting plus the handshake, and for each answer, e.g. `2s`,
+    /// `500ms`, `1m` (a bare number is seconds; `0` or `none`: no limit). Past it harpoctl
+    /// exits with 124.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_timeout
+    )]
+    pub timeout: Timeout,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -25,8 +37,29 @@ pub struct Cli {
 const EXIT_CODES: &str = "\
 Exit codes: 0 ok; 1 operation failed; 2 usage; 64 invalid request; 65 integrity check \
 failed; 66 key not found; 69 daemon or token unavailable; 73 key exists; 75 busy (retry); \
-76 protocol/version mismatch or unsupported; 77 permission denied; 78 invalid state \
-(e.g. a rotation step out of order).";
+76 protocol/version mismatch or unsupported; 77 permission denied (by the daemon, by the \
+socket's permissions, or a daemon running as a uid this client does not trust: see \
+$HARPOCRATES_DAEMON_UID); 78 invalid state (e.g. a rotation step out of order); 124 timed \
+out (see --timeout; the request may or may not have been carried out).";
+
+/// A `--timeout` value: `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Option<std::time::Duration>);
+
+/// Parses `--timeout`: a humantime duration (`2s`, `1m30s`), a bare number of seconds,
+/// or `0`/`none` for no limit.
+fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Timeout(None));
+    }
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{e} (write e.g. 2s, 500ms, 1m, or none)"))?,
+    };
+    Ok(Timeout((!duration.is_zero()).then_some(duration)))
+}
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -247,4 +280,26 @@ pub struct CryptArgs {
     /// Ciphertext is base64 text (output of encrypt, input of decrypt).
     #[arg(long)]
     pub base64: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_as_durations_seconds_or_no_limit() {
+        assert_eq!(parse_timeout("2s"), Ok(Timeout(Some(Duration::from_secs(2)))));
+        assert_eq!(parse_timeout("2"), Ok(Timeout(Some(Duration::from_secs(2)))));
+        assert_eq!(parse_timeout("500ms"), Ok(Timeout(Some(Duration::from_millis(500)))));
+        assert_eq!(parse_timeout("1m 30s"), Ok(Timeout(Some(Duration::from_secs(90)))));
+        assert_eq!(parse_timeout("0"), Ok(Timeout(None)));
+        assert_eq!(parse_timeout("none"), Ok(Timeout(None)));
+        assert!(parse_timeout("soon").is_err());
+        let cli = Cli::try_parse_from(["harpoctl", "ping"]).expect("parse");
+        assert_eq!(cli.timeout, Timeout(Some(Duration::from_secs(30))), "the default");
+        let cli = Cli::try_parse_from(["harpoctl", "ping", "--timeout", "3s"]).expect("parse");
+        assert_eq!(cli.timeout, Timeout(Some(Duration::from_secs(3))), "global flag");
+    }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
-use harpocrates_client::{Client, Error, KeyAttributes};
+use harpocrates_client::{Client, ClientOptions, Error, KeyAttributes};
 use harpocrates_protocol::paths;
 use zeroize::Zeroizing;
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Client(e)) => {
-            out.error(e.code().map_or("client", |c| c.name()), &e.to_string());
+            out.error(error_name(&e), &e.to_string());
             ExitCode::from(exit_code(&e))
         }
         Err(Failure::Io(e)) => {
@@ -63,12 +63,25 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// The error's name in `--json` output: the wire code's name where there is one.
+fn error_name(e: &Error) -> &'static str {
+    match e {
+        Error::Timeout(_) => "timeout",
+        _ => e.code().map_or("client", |c| c.name()),
+    }
+}
+
+/// Exit code of a timeout, as timeout(1) uses.
+const EXIT_TIMEOUT: u8 = 124;
+
 /// sysexits-style codes, so scripts can tell "retry later" from "fix your input".
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::InvalidRequest(_) | Error::FrameTooLarge(_) => 64,
         Error::IntegrityCheckFailed(_) => 65,
         Error::KeyNotFound(_) => 66,
+        // EACCES on the socket: this user may not use it, however often it retries.
+        Error::Connect { kind: std::io::ErrorKind::PermissionDenied, .. } => 77,
         Error::Connect { .. }
         | Error::ConnectionLost(_)
         | Error::Unavailable(_)
@@ -79,6 +92,7 @@ fn exit_code(e: &Error) -> u8 {
         Error::UnsupportedVersion(_) | Error::Unsupported(_) | Error::Protocol(_) => 76,
         Error::PermissionDenied(_) => 77,
         Error::InvalidState(_) => 78,
+        Error::Timeout(_) => EXIT_TIMEOUT,
         _ => 1,
     }
 }
@@ -90,7 +104,19 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             "destroying '{label}' cannot be undone; add --yes to confirm"
         )));
     }
-    let client = Client::connect(&socket).await?;
+    // Read a password file before connecting, so a mistake there is reported as such.
+    let password = match &cli.command {
+        Command::Keys(
+            KeysCommand::Backup { password_file, .. } | KeysCommand::Restore { password_file, .. },
+        ) => Some(backup_password(password_file.as_deref())?),
+        _ => None,
+    };
+    let options = ClientOptions {
+        connect_timeout: cli.timeout.0,
+        request_timeout: cli.timeout.0,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&socket, options).await?;
     match cli.command {
         Command::Ping => {
             let started = std::time::Instant::now();
@@ -124,13 +150,13 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             out.key_generated(&client.generate_key_with_attributes(&label, attributes).await?);
         }
         Command::Keys(KeysCommand::List) => out.keys(&client.list_keys().await?),
-        Command::Keys(KeysCommand::Backup { label, password_file, base64 }) => {
-            let password = backup_password(password_file.as_deref())?;
+        Command::Keys(KeysCommand::Backup { label, base64, .. }) => {
+            let password = password.unwrap_or_default();
             let blob = client.backup_key(&label, &password).await?;
             out.backup(&blob, base64)?;
         }
-        Command::Keys(KeysCommand::Restore { label, password_file, base64 }) => {
-            let password = backup_password(password_file.as_deref())?;
+        Command::Keys(KeysCommand::Restore { label, base64, .. }) => {
+            let password = password.unwrap_or_default();
             let input = read_stdin()?;
             let blob = if base64 { decode_base64(&input)? } else { input.to_vec() };
             out.key_generated(&client.restore_key(&label, &blob, &password).await?);
@@ -167,7 +193,12 @@ pub(crate) fn decode_base64(input: &[u8]) -> Result<Vec<u8>, Failure> {
 /// The backup password: from a file, or the environment; never from the command line.
 fn backup_password(file: Option<&std::path::Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let mut raw = match file {
-        Some(path) => Zeroizing::new(std::fs::read(path)?),
+        Some(path) => Zeroizing::new(std::fs::read(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot read the password file {}: {e}", path.display()),
+            )
+        })?),
         None => match std::env::var("HARPOCTL_BACKUP_PASSWORD") {
             Ok(v) => Zeroizing::new(v.into_bytes()),
             Err(_) => {
