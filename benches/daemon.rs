@@ -35,7 +35,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("pin"), "bench-pin").expect("pin");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.path().join("pin"), "bench-pin").expect("pin");
+        std::fs::set_permissions(dir.path().join("pin"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
     let raw = RawConfig {
         socket_path: Some(dir.path().join("bench.sock")),
         pin_file: Some(dir.path().join("pin")),

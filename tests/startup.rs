@@ -33,7 +33,7 @@ fn a_wrong_pin_says_so_without_printing_it() {
     let cfg = d.config_path();
     let dir = d.dir.path().to_owned();
     assert!(d.signal_and_wait(libc::SIGTERM).success());
-    std::fs::write(dir.join("pin"), "not-the-pin-42\n").expect("pin");
+    common::write_secret(&dir.join("pin"), "not-the-pin-42\n");
     let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], &dir);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("wrong PIN"), "{out}");
@@ -100,7 +100,7 @@ fn pkcs11_start_up_failures_each_give_one_clear_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
     let hsm = common::SoftHsm::init(&p.join("softhsm"), "real-token");
-    std::fs::write(p.join("pin"), common::PIN).expect("pin");
+    common::write_secret(&p.join("pin"), common::PIN);
 
     let cfg = pkcs11_config(p, "/nonexistent/libvendor.so", "token_label = \"real-token\"");
     let (code, out) = run_pkcs11(p, &hsm, &cfg);
@@ -141,7 +141,7 @@ fn pkcs11_start_up_failures_each_give_one_clear_line() {
     assert!(out.contains(&format!("the token in slot {free_slot} is not initialised")), "{out}");
     one_line(&out);
 
-    std::fs::write(p.join("pin"), "wrong-pin-9999").expect("pin");
+    common::write_secret(&p.join("pin"), "wrong-pin-9999");
     let cfg = pkcs11_config(p, common::SOFTHSM2_MODULE, "uri = \"pkcs11:token=real-token\"");
     let (code, out) = run_pkcs11(p, &hsm, &cfg);
     assert_eq!(code, 1, "{out}");
@@ -149,7 +149,7 @@ fn pkcs11_start_up_failures_each_give_one_clear_line() {
     assert!(!out.contains("wrong-pin-9999"), "the PIN itself must not be printed: {out}");
     one_line(&out);
 
-    std::fs::write(p.join("pin"), common::PIN).expect("pin");
+    common::write_secret(&p.join("pin"), common::PIN);
     let (code, out) = Command::new(bin("harpocratesd"))
         .args(["--config", cfg.to_str().expect("utf-8"), "--check-config"])
         .env("SOFTHSM2_CONF", &hsm.conf)
@@ -158,4 +158,111 @@ fn pkcs11_start_up_failures_each_give_one_clear_line() {
         .expect("run");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("pkcs11 backend"), "{out}");
+}
+
+/// A soft-token configuration in `dir` whose socket is `socket`.
+fn soft_config(dir: &Path, socket: &Path) -> std::path::PathBuf {
+    common::write_secret(&dir.join("pin"), common::PIN);
+    let path = dir.join("soft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "socket_path = {socket:?}\npin_file = {:?}\n[soft]\nstate_dir = {:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
+            dir.join("pin"),
+            dir.join("state"),
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// The uid of a test user that `.ci/run` creates, or `None` (then the caller skips, except
+/// in CI where the users must exist).
+fn test_user_uid(name: &str) -> Option<u32> {
+    let out = Command::new("id").args(["-u", name]).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    if uid.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must create the test user {name}");
+        eprintln!("skipped: no test user {name} (.ci/run creates it)");
+    }
+    uid
+}
+
+#[test]
+fn a_socket_directory_another_user_made_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        return eprintln!("skipped: needs root to create another user's directory");
+    }
+    let Some(other) = test_user_uid("harpotest1") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    // The attack: another local user creates the socket's directory first, mode 0777.
+    let hijack = p.join("run");
+    std::fs::create_dir(&hijack).expect("mkdir");
+    std::os::unix::fs::chown(&hijack, Some(other), None).expect("chown");
+    std::fs::set_permissions(&hijack, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let cfg = soft_config(p, &hijack.join("harpocrates.sock"));
+    let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], p);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refusing to use the socket directory"), "{out}");
+    assert!(out.contains(&hijack.display().to_string()), "names the directory: {out}");
+    one_line(&out);
+    assert!(!hijack.join("harpocrates.sock").exists(), "no socket was made in it");
+
+    // Owned by us but writable by everyone is refused too; 0755 is fine.
+    std::os::unix::fs::chown(&hijack, Some(0), None).expect("chown");
+    let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], p);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("0777"), "{out}");
+}
+
+#[test]
+fn a_regular_file_at_the_socket_path_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let target = p.join("precious.txt");
+    std::fs::write(&target, "do not delete").expect("write");
+    let cfg = soft_config(p, &target);
+    let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], p);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("precious.txt") && out.contains("not a socket"), "{out}");
+    one_line(&out);
+    assert_eq!(std::fs::read_to_string(&target).expect("still there"), "do not delete");
+}
+
+#[test]
+fn a_pin_file_others_can_read_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let cfg = soft_config(p, &p.join("s.sock"));
+    std::fs::set_permissions(p.join("pin"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let (code, out) = run(&["--config", cfg.to_str().expect("utf-8"), "--check-config"], p);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("pin") && out.contains("0644") && out.contains("chmod 600"), "{out}");
+    assert!(!out.contains(common::PIN), "{out}");
+    one_line(&out);
+}
+
+#[test]
+fn check_config_logs_in_and_refuses_a_wrong_pin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let cfg = soft_config(p, &p.join("s.sock"));
+    // The first start creates the soft token under the right PIN.
+    let out = Command::new(bin("harpocratesd"))
+        .args(["--config", cfg.to_str().expect("utf-8"), "--check-config"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    common::write_secret(&p.join("pin"), "not-the-pin-77");
+    let (code, out) = run(&["--config", cfg.to_str().expect("utf-8"), "--check-config"], p);
+    assert_ne!(code, 0, "a PIN that cannot log in is not OK: {out}");
+    assert!(out.to_lowercase().contains("pin"), "{out}");
+    assert!(!out.contains("not-the-pin-77"), "{out}");
+    one_line(&out);
 }

@@ -23,10 +23,14 @@ fn run(args: &Args) -> Result<(), StartupError> {
     let settings = Settings::from_args(args)?;
     logging::init(&settings.log_level);
     if args.check_config {
-        settings.pin.load()?;
+        // A PIN that cannot log in is a broken configuration too: open the token, log in,
+        // and let it go again.
+        let backend = startup::open_backend(&settings)?;
+        backend.finalize();
         println!(
-            "configuration OK ({} backend, socket {})",
+            "configuration OK ({} backend, token '{}', socket {})",
             settings.backend.name(),
+            backend.token_info().label,
             settings.socket_path.display()
         );
         return Ok(());

@@ -133,6 +133,21 @@ pub struct Daemon {
     drains: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Writes a secret file (a PIN, a password) readable by its owner only, as the daemon
+/// insists.
+pub fn write_secret(path: &Path, contents: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .expect("secret file");
+}
+
 impl Daemon {
     /// Starts a daemon on the soft token with the default fixture configuration.
     pub fn start() -> Self {
@@ -154,7 +169,7 @@ impl Daemon {
     pub fn start_on_env(token: Token, extra_config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
-        std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).expect("pin file");
+        write_secret(&dir.path().join("pin"), &format!("{PIN}\n"));
         let softhsm = (token == Token::SoftHsm)
             .then(|| SoftHsm::init(&dir.path().join("softhsm"), TOKEN_LABEL));
         let mut d = Daemon {
@@ -186,7 +201,7 @@ impl Daemon {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
-        std::fs::write(dir.path().join("pin"), pin).expect("pin file");
+        write_secret(&dir.path().join("pin"), pin);
         let mut d = Daemon {
             dir,
             socket,

@@ -95,6 +95,14 @@ pub struct Settings {
     pub max_connections: usize,
     /// Requests in flight per connection.
     pub max_in_flight: usize,
+    /// Request and answer bytes held per connection.
+    pub max_connection_bytes: usize,
+    /// Request and answer bytes held for all connections.
+    pub max_total_bytes: usize,
+    /// Deadline for a started frame.
+    pub frame_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
     /// Session actors.
@@ -123,6 +131,10 @@ fn duration(
     value.map_or(Ok(default), |v| {
         humantime::parse_duration(v).map_err(|e| invalid(field, format!("{v:?}: {e}")))
     })
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) }
 }
 
 fn bounded(
@@ -232,6 +244,32 @@ impl Settings {
             max_connections: bounded("max_connections", raw.max_connections, 1024, 1, 1 << 20)?
                 as usize,
             max_in_flight: bounded("max_in_flight", raw.max_in_flight, 1024, 1, 1 << 16)? as usize,
+            max_connection_bytes: bounded(
+                "max_connection_bytes",
+                raw.max_connection_bytes,
+                32 << 20,
+                64 << 10,
+                1 << 34,
+            )? as usize,
+            max_total_bytes: bounded(
+                "max_total_bytes",
+                raw.max_total_bytes,
+                128 << 20,
+                1 << 20,
+                1 << 40,
+            )? as usize,
+            frame_timeout: positive(duration(
+                "frame_timeout",
+                raw.frame_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?)
+            .map_err(|r| invalid("frame_timeout", r))?,
+            idle_timeout: positive(duration(
+                "idle_timeout",
+                raw.idle_timeout.as_deref(),
+                Duration::from_secs(300),
+            )?)
+            .map_err(|r| invalid("idle_timeout", r))?,
             shutdown_timeout: duration(
                 "shutdown_timeout",
                 raw.shutdown_timeout.as_deref(),

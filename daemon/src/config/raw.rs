@@ -22,6 +22,15 @@ pub struct RawConfig {
     pub max_connections: Option<u64>,
     /// Requests in flight per connection before the daemon stops reading it.
     pub max_in_flight: Option<u64>,
+    /// Request and answer bytes held for one connection before the daemon stops reading
+    /// it (back-pressure), e.g. `33554432`.
+    pub max_connection_bytes: Option<u64>,
+    /// Request and answer bytes held for all connections together.
+    pub max_total_bytes: Option<u64>,
+    /// Time for a frame to arrive whole once its first byte has, e.g. `"10s"`.
+    pub frame_timeout: Option<String>,
+    /// A connection with no request in flight for this long is closed, e.g. `"5m"`.
+    pub idle_timeout: Option<String>,
     /// How long shutdown waits for in-flight requests, e.g. `"10s"`.
     pub shutdown_timeout: Option<String>,
     /// Session actors (and backend sessions).

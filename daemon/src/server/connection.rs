@@ -1,15 +1,21 @@
 //! One client connection: handshake, then pipelined requests answered out of order.
 //!
-//! The reader decodes frames and starts one task per request; the writer collects
-//! answers and writes everything ready in one flush. At most `max_in_flight` requests
-//! run per connection: past that the reader stops reading, which pushes back on the
-//! client through the socket instead of buffering without bound.
+//! The reader reads frames (see [`FrameReader`]) and starts one task per request; the
+//! writer collects answers and writes everything ready in one flush. Three bounds keep a
+//! connection from taking more than its share:
+//!
+//! * at most `max_in_flight` requests and `max_connection_bytes` of request and answer
+//!   data per connection (plus the daemon-wide byte budget): past either, the reader
+//!   stops reading, which pushes back on the client through the socket;
+//! * a started frame must complete within `frame_timeout`;
+//! * a connection with nothing in flight is closed after `idle_timeout`.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use harpocrates_protocol::{
     ErrorCode, FrameError, MessageCodec, PROTOCOL_VERSION, Request, RequestFrame, Response,
     ResponseFrame, WireError,
@@ -17,16 +23,22 @@ use harpocrates_protocol::{
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::Router;
+use super::budget::{Charge, ConnectionBudget, TotalBudget};
+use super::dispatch::{ConnectionLanes, Router};
+use super::frame_reader::{FrameReader, Incoming, ReadError};
 use super::peer::Peer;
 
-/// How long a new connection may take to say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
 type Codec = MessageCodec<RequestFrame, ResponseFrame>;
+
+/// An answer on its way out, with the bytes its request was charged.
+type Outgoing = (ResponseFrame, Option<Charge>);
+
+/// The part of a connection's budget that never waits for the daemon-wide total, so a
+/// newcomer's small requests are read even while greedy clients hold the total.
+const ALLOWANCE: usize = 64 * 1024;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -35,14 +47,58 @@ pub struct ConnectionLimits {
     pub max_frame: u32,
     /// Requests in flight.
     pub max_in_flight: usize,
+    /// Request and answer bytes held for this connection.
+    pub max_connection_bytes: usize,
+    /// Time for a started frame to arrive whole (also the time to say Hello).
+    pub frame_timeout: Duration,
+    /// A connection with nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
-/// Serves one connection until the client leaves, breaks the protocol, or `shutdown`
-/// fires (then in-flight requests are still answered).
+/// When the connection was last busy, and how much it has in flight.
+#[derive(Clone)]
+struct Activity {
+    last: Rc<Cell<Instant>>,
+    in_flight: Rc<Cell<usize>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { last: Rc::new(Cell::new(Instant::now())), in_flight: Rc::new(Cell::new(0)) }
+    }
+
+    fn begin(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    fn end(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.last.set(Instant::now());
+    }
+
+    /// Resolves once nothing has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let due = self.last.get() + idle;
+            tokio::time::sleep_until(due.into()).await;
+            if self.in_flight.get() == 0 && self.last.get() + idle <= Instant::now() {
+                return;
+            }
+            if self.in_flight.get() > 0 {
+                // Busy: look again later; `last` moves when the work ends.
+                self.last.set(self.last.get().max(Instant::now()));
+            }
+        }
+    }
+}
+
+/// Serves one connection until the client leaves, breaks the protocol, idles out, or
+/// `shutdown` fires (then in-flight requests are still answered).
 pub async fn serve(
     stream: UnixStream,
     router: Rc<Router>,
     limits: ConnectionLimits,
+    total: TotalBudget,
     shutdown: CancellationToken,
 ) {
     let peer = Peer::of(&stream).ok();
@@ -52,8 +108,9 @@ pub async fn serve(
     metrics.connection_opened();
 
     let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, Codec::new(limits.max_frame));
-    let (tx, rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight + 8);
+    let mut reader = FrameReader::new(read, limits.max_frame, limits.frame_timeout);
+    let budget = ConnectionBudget::new(limits.max_connection_bytes, ALLOWANCE, total);
+    let (tx, rx) = mpsc::channel::<Outgoing>(limits.max_in_flight + 8);
     let writer = actix::spawn(write_responses(
         {
             let mut sink = FramedWrite::new(write, Codec::new(limits.max_frame));
@@ -63,10 +120,11 @@ pub async fn serve(
         rx,
     ));
 
-    if handshake(&mut frames, &tx, router.backend_name(), limits.max_frame, &shutdown).await {
-        read_requests(&mut frames, &tx, router, limits, &shutdown).await;
+    let backend = router.backend_name();
+    if handshake(&mut reader, &budget, &tx, backend, limits, &shutdown).await {
+        read_requests(&mut reader, &budget, &tx, router, limits, &shutdown).await;
     }
-    drop(frames);
+    drop(reader);
     drop(tx);
     // The writer ends once every request task has sent its answer.
     let _ = writer.await;
@@ -76,27 +134,41 @@ pub async fn serve(
 
 /// Reads the first frame, which must be a Hello of our version. Answers it either way.
 async fn handshake(
-    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, Codec>,
-    tx: &mpsc::Sender<ResponseFrame>,
+    reader: &mut FrameReader,
+    budget: &ConnectionBudget,
+    tx: &mpsc::Sender<Outgoing>,
     backend: &str,
-    max_frame: u32,
+    limits: ConnectionLimits,
     shutdown: &CancellationToken,
 ) -> bool {
+    // The whole handshake, first byte included, must fit in one frame deadline.
     let first = tokio::select! {
-        f = tokio::time::timeout(HELLO_TIMEOUT, frames.next()) => f,
+        f = tokio::time::timeout(limits.frame_timeout, async {
+            if reader.wait_for_frame().await? {
+                reader.read_frame(budget).await
+            } else {
+                Err(ReadError::Closed)
+            }
+        }) => f,
         () = shutdown.cancelled() => return false,
     };
-    let (id, request) = match first {
-        Err(_) | Ok(None) => return false,
-        Ok(Some(Err(e))) => {
+    let Incoming { frame, charge } = match first {
+        Err(_) => {
+            tracing::debug!("no Hello within the frame deadline; closing");
+            return false;
+        }
+        Ok(Err(e)) => {
             fatal(tx, e).await;
             return false;
         }
-        Ok(Some(Ok(Err(body)))) => {
-            let _ = tx.send(undecodable(body.id, &body.to_string())).await;
+        Ok(Ok(incoming)) => incoming,
+    };
+    let (id, request) = match frame {
+        Err(body) => {
+            let _ = tx.send((undecodable(body.id, &body.to_string()), Some(charge))).await;
             return false;
         }
-        Ok(Some(Ok(Ok(RequestFrame { id, request })))) => (id, request),
+        Ok(RequestFrame { id, request }) => (id, request),
     };
     let result = match request {
         Request::Hello { version, client_name } if version == PROTOCOL_VERSION => {
@@ -105,7 +177,7 @@ async fn handshake(
                 version: PROTOCOL_VERSION,
                 daemon_version: env!("CARGO_PKG_VERSION").into(),
                 backend: backend.into(),
-                max_frame,
+                max_frame: limits.max_frame,
             })
         }
         Request::Hello { version, .. } => Err(WireError::new(
@@ -120,42 +192,65 @@ async fn handshake(
         )),
     };
     let ok = result.is_ok();
-    let _ = tx.send(ResponseFrame { id, result }).await;
+    let _ = tx.send((ResponseFrame { id, result }, Some(charge))).await;
     ok
 }
 
 async fn read_requests(
-    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, Codec>,
-    tx: &mpsc::Sender<ResponseFrame>,
+    reader: &mut FrameReader,
+    budget: &ConnectionBudget,
+    tx: &mpsc::Sender<Outgoing>,
     router: Rc<Router>,
     limits: ConnectionLimits,
     shutdown: &CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let activity = Activity::new();
+    let lanes = Rc::new(ConnectionLanes::default());
     loop {
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
-        let next = tokio::select! {
-            f = frames.next() => f,
+        let started = tokio::select! {
+            r = reader.wait_for_frame() => r,
+            () = activity.idle_for(limits.idle_timeout) => {
+                tracing::debug!(idle = ?limits.idle_timeout, "closing an idle connection");
+                return;
+            }
             () = shutdown.cancelled() => return,
         };
-        match next {
-            None => return,
-            Some(Err(e)) => return fatal(tx, e).await,
-            Some(Ok(Err(body))) => {
+        match started {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return tracing::debug!(error = %e, "connection read failed"),
+        }
+        let incoming = tokio::select! {
+            f = reader.read_frame(budget) => f,
+            () = shutdown.cancelled() => return,
+        };
+        let Incoming { frame, charge } = match incoming {
+            Ok(incoming) => incoming,
+            Err(e) => return fatal(tx, e).await,
+        };
+        match frame {
+            Err(body) => {
                 tracing::debug!(error = %body, "undecodable frame");
-                if tx.send(undecodable(body.id, &body.to_string())).await.is_err() {
+                let answer = undecodable(body.id, &body.to_string());
+                if tx.send((answer, Some(charge))).await.is_err() {
                     return;
                 }
             }
-            Some(Ok(Ok(RequestFrame { id, request }))) => {
+            Ok(RequestFrame { id, request }) => {
                 let router = router.clone();
                 let tx = tx.clone();
+                let activity = activity.clone();
+                let lanes = lanes.clone();
+                activity.begin();
                 actix::spawn(async move {
-                    let result = router.handle(request).await;
-                    let _ = tx.send(ResponseFrame { id, result }).await;
+                    let result = router.handle(request, &lanes).await;
+                    let _ = tx.send((ResponseFrame { id, result }, Some(charge))).await;
+                    activity.end();
                     drop(permit);
                 });
             }
@@ -164,13 +259,14 @@ async fn read_requests(
 }
 
 /// Answers a frame that ended the connection, when an answer is still possible.
-async fn fatal(tx: &mpsc::Sender<ResponseFrame>, e: FrameError) {
+async fn fatal(tx: &mpsc::Sender<Outgoing>, e: ReadError) {
     match e {
-        FrameError::TooLarge { .. } => {
+        ReadError::TooLarge { .. } => {
             tracing::debug!(error = %e, "closing connection");
             let err = WireError::new(ErrorCode::FrameTooLarge, e.to_string());
-            let _ = tx.send(ResponseFrame { id: 0, result: Err(err) }).await;
+            let _ = tx.send((ResponseFrame { id: 0, result: Err(err) }, None)).await;
         }
+        ReadError::Deadline(_) => tracing::debug!(error = %e, "closing a stalled connection"),
         other => tracing::debug!(error = %other, "connection read failed"),
     }
 }
@@ -185,14 +281,16 @@ fn undecodable(id: Option<u64>, reason: &str) -> ResponseFrame {
     }
 }
 
-/// Writes answers as they come, flushing once per burst.
+/// Writes answers as they come, flushing once per burst. A request's charge is given
+/// back once its answer is in the write buffer (which itself is bounded by
+/// [`WRITE_BUFFER`](harpocrates_protocol::WRITE_BUFFER) plus one frame).
 async fn write_responses(
     mut sink: FramedWrite<OwnedWriteHalf, Codec>,
-    mut rx: mpsc::Receiver<ResponseFrame>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     let mut ready = Vec::with_capacity(64);
     while rx.recv_many(&mut ready, 256).await > 0 {
-        for frame in ready.drain(..) {
+        for (frame, charge) in ready.drain(..) {
             let id = frame.id;
             match sink.feed(frame).await {
                 Ok(()) => {}
@@ -209,6 +307,7 @@ async fn write_responses(
                 }
                 Err(_) => return,
             }
+            drop(charge);
         }
         if sink.flush().await.is_err() {
             return;

@@ -2,9 +2,16 @@
 //!
 //! Cheap requests (ping, metrics, capabilities) are answered right here on the I/O
 //! thread; HSM operations go to the [session pool](crate::actors::session::pool); a
-//! `Batch` is split, its HSM operations admitted together as one unit of work, and the
-//! answers put back in request order.
+//! `Batch` is split, its HSM operations admitted in units of at most
+//! [`MAX_OPS_PER_UNIT`] (so one client's large batch interleaves with everyone else's
+//! work instead of holding a session for its whole length), and the answers put back in
+//! request order.
+//!
+//! Backup and restore run a password KDF (tens of milliseconds each): they go to the
+//! pool's KDF lane, at most [`MAX_KDF_PER_CONNECTION`] at a time per connection, so they
+//! can neither hold up cheap operations nor be queued without bound by one client.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +22,7 @@ use harpocrates_protocol::{
 use actix::Addr;
 
 use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
-use crate::actors::session::pool::SessionPool;
+use crate::actors::session::pool::{Lane, SessionPool};
 use crate::keys::backup::MAX_BACKUP_LEN;
 use crate::keys::manager::{EnvelopeOp, KeyManager};
 use crate::keys::name::validate_label;
@@ -32,11 +39,56 @@ pub struct Router {
 /// A request and its place in the batch.
 type Indexed = (usize, Request);
 
+/// An answer and the place of its request in the batch.
+type IndexedAnswer = (usize, WireResult);
+
+/// Most operations handed to a session actor as one unit of work.
+pub const MAX_OPS_PER_UNIT: usize = 64;
+
+/// Password-KDF operations one connection may have running or queued at once.
+pub const MAX_KDF_PER_CONNECTION: usize = 4;
+
+/// A lone envelope payload this large goes through the batch path, which seals it on a
+/// crypto thread instead of the I/O thread.
+const LARGE_ENVELOPE: usize = 256 * 1024;
+
 /// Where one request is answered.
 enum Place {
     Here(WireResult),
     Pool,
     Keys,
+}
+
+/// What one connection has running in the pool's lanes.
+#[derive(Debug, Default)]
+pub struct ConnectionLanes {
+    kdf: Cell<usize>,
+}
+
+impl ConnectionLanes {
+    /// Takes up to `want` KDF slots; returns how many were granted.
+    fn take_kdf(&self, want: usize) -> usize {
+        let granted = want.min(MAX_KDF_PER_CONNECTION.saturating_sub(self.kdf.get()));
+        self.kdf.set(self.kdf.get() + granted);
+        granted
+    }
+
+    fn give_kdf(&self, n: usize) {
+        self.kdf.set(self.kdf.get() - n);
+    }
+}
+
+fn uses_kdf(request: &Request) -> bool {
+    matches!(request, Request::BackupKey { .. } | Request::RestoreKey { .. })
+}
+
+fn kdf_busy() -> WireError {
+    WireError::new(
+        ErrorCode::Busy,
+        format!(
+            "at most {MAX_KDF_PER_CONNECTION} backup or restore operations may run per connection; retry when one finishes"
+        ),
+    )
 }
 
 impl Router {
@@ -116,12 +168,13 @@ impl Router {
         &self.metrics
     }
 
-    /// Answers one request (which may be a batch).
-    pub async fn handle(&self, request: Request) -> WireResult {
+    /// Answers one request (which may be a batch) from a connection whose lane usage is
+    /// `lanes`.
+    pub async fn handle(&self, request: Request, lanes: &ConnectionLanes) -> WireResult {
         let started = Instant::now();
         match request {
             Request::Batch(items) => {
-                let result = self.batch(items).await;
+                let result = self.batch(items, lanes).await;
                 self.metrics.record("batch", result.is_ok(), started.elapsed());
                 result
             }
@@ -130,13 +183,27 @@ impl Router {
                     self.metrics.record(single.op_name(), result.is_ok(), started.elapsed());
                     result
                 }
-                Place::Pool => self.run_in_pool(vec![single]).await.pop().unwrap_or_else(lost),
+                Place::Pool => {
+                    self.run_in_pool(vec![(0, single)], lanes).await.pop().map_or_else(lost, |r| r.1)
+                }
+                Place::Keys if is_large_envelope(&single) => {
+                    let op = envelope_op(single);
+                    let name = op.as_ref().map_or("envelope", |(_, op)| op_label(op));
+                    let result = self
+                        .keys
+                        .envelope_batch(op.into_iter().collect())
+                        .await
+                        .pop()
+                        .map_or_else(lost, |r| r.1);
+                    self.metrics.record(name, result.is_ok(), started.elapsed());
+                    result
+                }
                 Place::Keys => self.key_manager(single).await,
             },
         }
     }
 
-    async fn batch(&self, items: Vec<Request>) -> WireResult {
+    async fn batch(&self, items: Vec<Request>, lanes: &ConnectionLanes) -> WireResult {
         if items.len() > MAX_BATCH_LEN {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -165,9 +232,9 @@ impl Router {
         }
         // Token operations go out as one unit of work; key-manager operations run
         // concurrently beside them (those with a cached data key need no token at all).
-        let (slots, ops): (Vec<usize>, Vec<Request>) = for_pool.into_iter().unzip();
-        let pooled =
-            async { if ops.is_empty() { Vec::new() } else { self.run_in_pool(ops).await } };
+        let pooled = async {
+            if for_pool.is_empty() { Vec::new() } else { self.run_in_pool(for_pool, lanes).await }
+        };
         // Envelope operations are resolved together and their AES work spread across
         // cores; other key-manager operations run concurrently beside them.
         let (envelopes, others): (Vec<Indexed>, Vec<Indexed>) =
@@ -176,31 +243,10 @@ impl Router {
             });
         let envelope_ops: Vec<(usize, EnvelopeOp)> = envelopes
             .into_iter()
-            .filter_map(|(i, r)| match r {
-                Request::EnvelopeEncrypt { kek, context, plaintext, aad } => Some((
-                    i,
-                    EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() },
-                )),
-                Request::EnvelopeDecrypt { context, ciphertext, aad } => Some((
-                    i,
-                    EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() },
-                )),
-                _ => None,
-            })
+            .filter_map(|(i, r)| envelope_op(r).map(|(_, op)| (i, op)))
             .collect();
-        let envelope_names: std::collections::HashMap<usize, &'static str> = envelope_ops
-            .iter()
-            .map(|(i, op)| {
-                (
-                    *i,
-                    if matches!(op, EnvelopeOp::Encrypt { .. }) {
-                        "envelope_encrypt"
-                    } else {
-                        "envelope_decrypt"
-                    },
-                )
-            })
-            .collect();
+        let envelope_names: std::collections::HashMap<usize, &'static str> =
+            envelope_ops.iter().map(|(i, op)| (*i, op_label(op))).collect();
         let keyed = async {
             let (mut sealed, mut rest) = futures::join!(
                 self.keys.envelope_batch(envelope_ops),
@@ -217,30 +263,58 @@ impl Router {
             sealed
         };
         let (pooled, keyed) = futures::join!(pooled, keyed);
-        let mut pooled = pooled.into_iter();
-        for i in slots {
-            answers[i] = Some(pooled.next().unwrap_or_else(lost));
-        }
-        for (i, r) in keyed {
+        for (i, r) in pooled.into_iter().chain(keyed) {
             answers[i] = Some(r);
         }
         let answers = answers.into_iter().map(|a| a.unwrap_or_else(lost)).collect();
         Ok(Response::Batch(answers))
     }
 
-    /// Submits operations to the pool as one unit; every one gets an answer.
-    async fn run_in_pool(&self, ops: Vec<Request>) -> Vec<WireResult> {
-        let n = ops.len();
-        let names: Vec<&'static str> = ops.iter().map(Request::op_name).collect();
-        match self.pool.submit(ops) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| vec![lost(); n]),
-            Err(refused) => {
-                for name in names {
-                    self.metrics.record(name, false, std::time::Duration::ZERO);
-                }
-                vec![Err(refused); n]
-            }
+    /// Submits operations to the pool, in units of at most [`MAX_OPS_PER_UNIT`], with
+    /// password-KDF work in its own lane; every operation gets an answer, tagged with the
+    /// index it came with.
+    async fn run_in_pool(&self, ops: Vec<Indexed>, lanes: &ConnectionLanes) -> Vec<IndexedAnswer> {
+        let (kdf, token): (Vec<Indexed>, Vec<Indexed>) =
+            ops.into_iter().partition(|(_, r)| uses_kdf(r));
+        let mut answers = Vec::with_capacity(kdf.len() + token.len());
+        let mut units = Vec::new();
+        let mut rest = token;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(MAX_OPS_PER_UNIT));
+            units.push((Lane::Token, std::mem::replace(&mut rest, tail)));
         }
+        // KDF work beyond the connection's allowance is refused now, not queued.
+        let granted = lanes.take_kdf(kdf.len());
+        let mut kdf = kdf;
+        for (i, r) in kdf.split_off(granted) {
+            self.metrics.record(r.op_name(), false, std::time::Duration::ZERO);
+            answers.push((i, Err(kdf_busy())));
+        }
+        units.extend(kdf.into_iter().map(|op| (Lane::Kdf, vec![op])));
+        let submitted = units.into_iter().map(|(lane, unit)| {
+            let (slots, ops): (Vec<usize>, Vec<Request>) = unit.into_iter().unzip();
+            let names: Vec<&'static str> = ops.iter().map(Request::op_name).collect();
+            let receiver = self.pool.submit(lane, ops);
+            async move {
+                let results = match receiver {
+                    Ok(rx) => rx.await.unwrap_or_else(|_| vec![lost(); slots.len()]),
+                    Err(refused) => {
+                        for name in names {
+                            self.metrics.record(name, false, std::time::Duration::ZERO);
+                        }
+                        vec![Err(refused); slots.len()]
+                    }
+                };
+                if lane == Lane::Kdf {
+                    lanes.give_kdf(slots.len());
+                }
+                slots.into_iter().zip(results).collect::<Vec<_>>()
+            }
+        });
+        for unit in futures::future::join_all(submitted).await {
+            answers.extend(unit);
+        }
+        answers
     }
 
     fn place(&self, request: &Request) -> Place {
@@ -334,6 +408,32 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
             context_size(context)
         }
         _ => Ok(()),
+    }
+}
+
+/// The envelope operation inside `request`, if it is one.
+fn envelope_op(request: Request) -> Option<(usize, EnvelopeOp)> {
+    match request {
+        Request::EnvelopeEncrypt { kek, context, plaintext, aad } => Some((
+            0,
+            EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() },
+        )),
+        Request::EnvelopeDecrypt { context, ciphertext, aad } => {
+            Some((0, EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() }))
+        }
+        _ => None,
+    }
+}
+
+fn op_label(op: &EnvelopeOp) -> &'static str {
+    if matches!(op, EnvelopeOp::Encrypt { .. }) { "envelope_encrypt" } else { "envelope_decrypt" }
+}
+
+fn is_large_envelope(request: &Request) -> bool {
+    match request {
+        Request::EnvelopeEncrypt { plaintext, .. } => plaintext.expose().len() >= LARGE_ENVELOPE,
+        Request::EnvelopeDecrypt { ciphertext, .. } => ciphertext.len() >= LARGE_ENVELOPE,
+        _ => false,
     }
 }
 

@@ -5,8 +5,11 @@
 //! in-flight requests and removes the socket. [`run`] adds signal handling for the
 //! binary; [`spawn`] runs a daemon on a background thread for tests and benchmarks.
 
+pub mod budget;
 pub mod connection;
 pub mod dispatch;
+pub mod fd_limit;
+pub mod frame_reader;
 pub mod listener;
 pub mod peer;
 
@@ -56,14 +59,20 @@ pub async fn serve(
         session_timeout: settings.session_timeout,
         started: Instant::now(),
     });
-    let pool = SessionPool::start(shared, settings.queue_depth, metrics.clone());
+    let (pool, pool_stopped) = SessionPool::start(shared, settings.queue_depth, metrics.clone());
     let keys = Arc::new(KeyManager::new(pool.clone(), settings.keys));
     let coordinator = RotationCoordinator::new(keys.clone()).start();
-    let router = Rc::new(dispatch::Router::new(pool, metrics.clone(), keys, coordinator));
+    let router = Rc::new(dispatch::Router::new(pool.clone(), metrics.clone(), keys, coordinator));
     let limits = connection::ConnectionLimits {
         max_frame: settings.max_frame,
         max_in_flight: settings.max_in_flight,
+        max_connection_bytes: settings.max_connection_bytes,
+        frame_timeout: settings.frame_timeout,
+        idle_timeout: settings.idle_timeout,
     };
+    let total = budget::TotalBudget::new(settings.max_total_bytes);
+    let max_connections =
+        fd_limit::effective_max_connections(settings.max_connections, settings.max_sessions);
 
     let sampler = {
         let metrics = metrics.clone();
@@ -78,6 +87,8 @@ pub async fn serve(
 
     let _ = ready.send(Ok(bound.path().to_owned()));
     let connections = TaskTracker::new();
+    let mut spare = fd_limit::Spare::open();
+    let mut accept_warning = fd_limit::RateLimitedWarning::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -85,14 +96,28 @@ pub async fn serve(
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
+            Err(e) if fd_limit::is_fd_exhaustion(&e) && spare.release() => {
+                // Out of descriptors: use the spare to take the newcomer and tell it Busy,
+                // rather than leave it hanging in the backlog.
+                if let Ok((stream, _)) = bound.listener.accept().await {
+                    connections.spawn_local(refuse_busy(stream, settings.max_frame));
+                }
+                spare.restore();
+                if let Some(held_back) = accept_warning.tick(Instant::now()) {
+                    tracing::warn!(error = %e, held_back, "out of file descriptors; refusing connections with Busy");
+                }
+                continue;
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(held_back) = accept_warning.tick(Instant::now()) {
+                    tracing::warn!(error = %e, held_back, "accept failed");
+                }
+                // Back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if connections.len() >= settings.max_connections {
+        if connections.len() >= max_connections {
             connections.spawn_local(refuse_busy(stream, settings.max_frame));
             continue;
         }
@@ -100,6 +125,7 @@ pub async fn serve(
             stream,
             router.clone(),
             limits,
+            total.clone(),
             shutdown.clone(),
         ));
     }
@@ -114,6 +140,17 @@ pub async fn serve(
         );
     }
     sampler.abort();
+    // Sessions are closed before the module is finalised, and both before the process
+    // exits: a session thread still inside the module while exit handlers run the
+    // module's destructors is how a SoftHSM2 daemon crashed on SIGTERM.
+    pool.stop();
+    drop(router);
+    drop(pool);
+    if tokio::time::timeout(settings.shutdown_timeout, pool_stopped.wait()).await.is_err() {
+        tracing::warn!("shutdown timeout; a session actor is still inside the token");
+    } else {
+        tracing::info!("session actors stopped and their sessions closed");
+    }
 }
 
 /// Tells a client over the connection limit why it is being turned away.
@@ -124,7 +161,12 @@ async fn refuse_busy(stream: tokio::net::UnixStream, max_frame: u32) {
         MessageCodec::<RequestFrame, ResponseFrame>::new(max_frame),
     );
     let err = WireError::new(ErrorCode::Busy, "too many connections; retry later");
-    let _ = sink.send(ResponseFrame { id: 0, result: Err(err) }).await;
+    // A peer that never reads cannot keep the descriptor.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(ResponseFrame { id: 0, result: Err(err) }),
+    )
+    .await;
 }
 
 /// Runs the daemon in this thread until SIGTERM or SIGINT. Prints nothing; the caller
@@ -134,6 +176,7 @@ pub fn run(
     backend: Arc<dyn Backend>,
     on_ready: impl FnOnce(&std::path::Path) + 'static,
 ) -> Result<(), ListenError> {
+    let token = backend.clone();
     let system = actix::System::new();
     let result = system.block_on(async move {
         // Handlers first: a SIGTERM sent right after READY=1 (systemd may) must find them
@@ -153,6 +196,10 @@ pub fn run(
         Ok(())
     });
     actix::System::current().stop();
+    drop(system);
+    // `serve` has closed every session; only now may the module be finalised. (Not in
+    // `spawn`: daemons embedded in one process may share a module.)
+    token.finalize();
     result
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix::{Actor, ActorContext, Handler, Message, SyncContext};
 use harpocrates_protocol::{Request, WireResult};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::{SessionWorker, panicked};
 use crate::metrics::Metrics;
@@ -53,12 +53,15 @@ pub struct ExecBatch {
 pub struct SessionActor {
     worker: SessionWorker,
     metrics: Arc<Metrics>,
+    /// Dropped with the actor, after its session: how the pool learns that every session
+    /// is closed before the module is finalised.
+    _alive: mpsc::Sender<()>,
 }
 
 impl SessionActor {
-    /// An actor around `worker`.
-    pub fn new(worker: SessionWorker, metrics: Arc<Metrics>) -> Self {
-        Self { worker, metrics }
+    /// An actor around `worker`; `alive` is held until the actor is dropped.
+    pub fn new(worker: SessionWorker, metrics: Arc<Metrics>, alive: mpsc::Sender<()>) -> Self {
+        Self { worker, metrics, _alive: alive }
     }
 }
 

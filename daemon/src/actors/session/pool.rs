@@ -12,6 +12,7 @@ use std::time::Instant;
 use actix::{Addr, SyncArbiter};
 use harpocrates_protocol::{ErrorCode, Request, WireError, WireResult};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::actor::{ExecBatch, Job, Queued, SessionActor, Work};
 use super::{PoolShared, SessionWorker};
@@ -21,25 +22,72 @@ use crate::metrics::Metrics;
 /// Most work items one batch message carries.
 const MAX_WORK_PER_BATCH: usize = 512;
 
+/// Password-KDF work (backup, restore) waiting for its lane before `Busy`.
+const KDF_QUEUE_DEPTH: usize = 16;
+
+/// Which session actors run a piece of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Token operations: fast, batched.
+    Token,
+    /// Operations that run a password KDF (tens of milliseconds each). They get their own
+    /// session actor so they can never hold up cheap operations.
+    Kdf,
+}
+
 /// Handle to a running pool; cheap to clone.
 #[derive(Clone)]
 pub struct SessionPool {
     queue: mpsc::Sender<Queued>,
+    kdf_queue: mpsc::Sender<Queued>,
     shared: Arc<PoolShared>,
+    stop: CancellationToken,
+}
+
+/// Resolves once every session actor of a pool has stopped and dropped its session.
+pub struct PoolStopped {
+    alive: mpsc::Receiver<()>,
+}
+
+impl PoolStopped {
+    /// Waits for the last session actor thread to let go of its session.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `recv` returns `None` once every actor (and the factories
+        // that could build new ones) has been dropped.
+        while self.alive.recv().await.is_some() {}
+    }
 }
 
 impl SessionPool {
-    /// Starts `shared.max_sessions` session actors and the dispatcher. Must run inside an
-    /// actix `System`. `queue_depth` bounds the work waiting for a session.
-    pub fn start(shared: Arc<PoolShared>, queue_depth: usize, metrics: Arc<Metrics>) -> Self {
+    /// Starts `shared.max_sessions` session actors, one more for password-KDF work, and
+    /// their dispatchers. Must run inside an actix `System`. `queue_depth` bounds the work
+    /// waiting for a session.
+    pub fn start(
+        shared: Arc<PoolShared>,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, PoolStopped) {
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        let stop = CancellationToken::new();
+        let start_lane = |threads: usize, depth: usize| {
+            let factory_shared = shared.clone();
+            let metrics = metrics.clone();
+            let alive = alive_tx.clone();
+            let addr = SyncArbiter::start(threads, move || {
+                SessionActor::new(
+                    SessionWorker::new(factory_shared.clone()),
+                    metrics.clone(),
+                    alive.clone(),
+                )
+            });
+            let (queue, rx) = mpsc::channel(depth.max(1));
+            actix::spawn(dispatch(rx, addr, threads * 2, stop.clone()));
+            queue
+        };
         let sessions = shared.max_sessions.max(1) as usize;
-        let factory_shared = shared.clone();
-        let addr = SyncArbiter::start(sessions, move || {
-            SessionActor::new(SessionWorker::new(factory_shared.clone()), metrics.clone())
-        });
-        let (queue, rx) = mpsc::channel(queue_depth.max(1));
-        actix::spawn(dispatch(rx, addr, sessions * 2));
-        Self { queue, shared }
+        let queue = start_lane(sessions, queue_depth);
+        let kdf_queue = start_lane(1, KDF_QUEUE_DEPTH);
+        (Self { queue, kdf_queue, shared, stop }, PoolStopped { alive })
     }
 
     /// What the pool shares with its workers.
@@ -47,15 +95,34 @@ impl SessionPool {
         &self.shared
     }
 
-    /// Queues `ops` for one session actor; the answers arrive on the returned channel, in
-    /// order. Refuses with `Busy` when the queue is full, never waits.
+    /// Stops the dispatchers: work already handed to an actor finishes, then the actors
+    /// stop and close their sessions ([`PoolStopped`] tells when). Call it once no more
+    /// client work can arrive.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Queues `ops` for one session actor of `lane`; the answers arrive on the returned
+    /// channel, in order. Refuses with `Busy` when the queue is full, never waits.
     pub fn submit(
         &self,
+        lane: Lane,
         ops: Vec<Request>,
     ) -> Result<oneshot::Receiver<Vec<WireResult>>, WireError> {
         let (reply, rx) = oneshot::channel();
         let work = Work { ops, admitted: Instant::now(), reply };
-        self.admit(Queued::Work(work))?;
+        let queue = match lane {
+            Lane::Token => &self.queue,
+            Lane::Kdf => &self.kdf_queue,
+        };
+        queue.try_send(Queued::Work(work)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                WireError::new(ErrorCode::Busy, "the HSM queue is full; retry later")
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                WireError::new(ErrorCode::Unavailable, "the session pool has stopped")
+            }
+        })?;
         Ok(rx)
     }
 
@@ -77,17 +144,6 @@ impl SessionPool {
             Ok(result) => result.map_err(WireError::from),
             Err(_) => Err(WireError::new(ErrorCode::Unavailable, "the session actor stopped")),
         }
-    }
-
-    fn admit(&self, item: Queued) -> Result<(), WireError> {
-        self.queue.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                WireError::new(ErrorCode::Busy, "the HSM queue is full; retry later")
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                WireError::new(ErrorCode::Unavailable, "the session pool has stopped")
-            }
-        })
     }
 }
 
@@ -114,19 +170,34 @@ where
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Queued>, addr: Addr<SessionActor>, in_flight: usize) {
+async fn dispatch(
+    mut rx: mpsc::Receiver<Queued>,
+    addr: Addr<SessionActor>,
+    in_flight: usize,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(in_flight));
     let mut batch = Vec::with_capacity(MAX_WORK_PER_BATCH);
     loop {
         // Take a permit first: while every actor is busy, work piles up in the queue and
         // the next drain picks all of it up as one batch.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = stop.cancelled() => break,
         };
-        if rx.recv_many(&mut batch, MAX_WORK_PER_BATCH).await == 0 {
+        let got = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_WORK_PER_BATCH) => n,
+            () = stop.cancelled() => break,
+        };
+        if got == 0 {
             break;
         }
         addr.do_send(ExecBatch { work: std::mem::take(&mut batch), permit });
     }
+    // Work still queued is answered (its senders see a closed channel) and, with the last
+    // address gone, the actors finish what they hold and stop.
+    rx.close();
+    drop(rx);
+    drop(addr);
     tracing::debug!("session pool dispatcher stopped");
 }
