@@ -46,6 +46,7 @@ impl TotalBudget {
 
 /// One connection's budget.
 pub struct ConnectionBudget {
+    charged: Cell<usize>,
     own: Arc<Semaphore>,
     own_units: u32,
     allowance_units: u32,
@@ -73,6 +74,7 @@ impl ConnectionBudget {
     pub fn new(own_bytes: usize, allowance_bytes: usize, total: TotalBudget) -> Self {
         let own_units = units(own_bytes);
         Self {
+            charged: Cell::new(0),
             own: Arc::new(Semaphore::new(own_units as usize)),
             own_units,
             allowance_units: u32::try_from(allowance_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).min(own_units),
@@ -85,6 +87,7 @@ impl ConnectionBudget {
     /// them. A single frame larger than a budget is charged the whole budget, so it still
     /// proceeds, alone. `None` only if the budget was closed.
     pub async fn charge(&self, bytes: usize) -> Option<Charge> {
+        self.charged.set(self.charged.get().saturating_add(bytes));
         let want = units(bytes).min(self.own_units);
         let own = self.own.clone().acquire_many_owned(want).await.ok()?;
         let used = self.allowance_used.get();
@@ -104,6 +107,23 @@ impl ConnectionBudget {
                 Some(self.total.permits.clone().acquire_many_owned(from_total).await.ok()?);
         }
         Some(charge)
+    }
+}
+
+impl ConnectionBudget {
+    /// Bytes charged over the connection's whole life.
+    pub fn charged_total(&self) -> usize {
+        self.charged.get()
+    }
+}
+
+/// Hands memory freed by a departed client back to the OS: glibc otherwise keeps the
+/// high-water mark of large frames for the life of the process.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only works on the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

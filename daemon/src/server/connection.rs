@@ -40,6 +40,9 @@ type Outgoing = (ResponseFrame, Option<Charge>);
 /// newcomer's small requests are read even while greedy clients hold the total.
 const ALLOWANCE: usize = 64 * 1024;
 
+/// A connection that moved this much gives freed memory back to the OS when it closes.
+const BIG_CONNECTION: usize = 8 << 20;
+
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -128,6 +131,9 @@ pub async fn serve(
     drop(tx);
     // The writer ends once every request task has sent its answer.
     let _ = writer.await;
+    if budget.charged_total() >= BIG_CONNECTION {
+        super::budget::release_freed_memory();
+    }
     metrics.connection_closed();
     tracing::debug!(peer = %peer_text, "client disconnected");
 }
