@@ -71,12 +71,13 @@ fn configuration_errors_name_the_file_or_field() {
 }
 
 /// A PKCS#11 configuration for `dir`, with the given module, token selector and PIN file.
+/// No retries: a token that is not there is reported at once, in one line.
 fn pkcs11_config(dir: &Path, module: &str, selector: &str) -> std::path::PathBuf {
     let path = dir.join(format!("p11-{}.toml", dir.read_dir().map(|d| d.count()).unwrap_or(0)));
     std::fs::write(
         &path,
         format!(
-            "backend = \"pkcs11\"\nsocket_path = {:?}\npin_file = {:?}\n[pkcs11]\nlibrary_path = {module:?}\n{selector}\n",
+            "backend = \"pkcs11\"\nsocket_path = {:?}\npin_file = {:?}\nretry_attempts = 0\n[pkcs11]\nlibrary_path = {module:?}\n{selector}\n",
             dir.join("s.sock"),
             dir.join("pin")
         ),

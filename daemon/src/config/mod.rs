@@ -456,6 +456,10 @@ mod tests {
             ("retry_delay = \"soon\"", "retry_delay"),
             ("backend = \"luna\"", "backend"),
             ("session_timeout = \"-1s\"", "session_timeout"),
+            ("frame_timeout = \"0s\"", "frame_timeout"),
+            ("idle_timeout = \"never\"", "idle_timeout"),
+            ("max_total_bytes = 10", "max_total_bytes"),
+            ("max_connection_bytes = 10", "max_connection_bytes"),
             ("[soft]\nkdf_iterations = 0", "soft.kdf_"),
         ] {
             let err = parse(text).expect_err(text).to_string();
@@ -510,6 +514,18 @@ mod tests {
         .expect("valid");
         assert_eq!(s.max_sessions, 6);
         assert!(matches!(s.backend, BackendSettings::CloudHsm(_)));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_states_the_defaults() {
+        let example = parse(include_str!("../../../systemd/harpocrates.toml.example"))
+            .expect("the example configuration validates");
+        let defaults = parse("").expect("defaults");
+        assert_eq!(example.max_connection_bytes, defaults.max_connection_bytes);
+        assert_eq!(example.max_total_bytes, defaults.max_total_bytes);
+        assert_eq!(example.frame_timeout, defaults.frame_timeout);
+        assert_eq!(example.idle_timeout, defaults.idle_timeout);
+        assert_eq!(example.max_frame, defaults.max_frame);
     }
 
     #[test]
