@@ -80,7 +80,7 @@ for t in "${targets[@]}"; do
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
     if [ -n "$crash" ]; then
         status="CRASH: $crash"
-        echo "reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run ${features[*]} $t $crash" >&2
+        echo "reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run ${features[*]:+${features[*]} }$t $crash" >&2
     fi
     summary+=("$t|$status|${runs:-?}|${secs:-?}")
 done
