@@ -11,9 +11,17 @@ pub enum BackendError {
     /// No key has that label.
     #[error("no key named '{0}'")]
     KeyNotFound(String),
+    /// Something other than a plain key label is missing (a KEK, a KEK version, a key
+    /// handle another process invalidated); the message is a whole sentence.
+    #[error("{0}")]
+    NotFound(String),
     /// A key with that label exists already.
     #[error("a key named '{0}' already exists")]
     KeyExists(String),
+    /// Something other than a plain key label exists already (a KEK); the message is a
+    /// whole sentence.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// An argument is out of range or malformed.
     #[error("{0}")]
     InvalidArgument(String),
@@ -57,6 +65,11 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether the thing asked for does not exist (a key, or a handle that went away).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::KeyNotFound(_) | BackendError::NotFound(_))
+    }
+
     /// Whether a fresh session could make the same call succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, BackendError::SessionBroken(_))
@@ -66,8 +79,8 @@ impl BackendError {
     /// codes.
     pub fn code(&self) -> ErrorCode {
         match self {
-            BackendError::KeyNotFound(_) => ErrorCode::KeyNotFound,
-            BackendError::KeyExists(_) => ErrorCode::KeyExists,
+            BackendError::KeyNotFound(_) | BackendError::NotFound(_) => ErrorCode::KeyNotFound,
+            BackendError::KeyExists(_) | BackendError::AlreadyExists(_) => ErrorCode::KeyExists,
             BackendError::InvalidArgument(_) => ErrorCode::InvalidRequest,
             BackendError::NotPermitted(_) => ErrorCode::PermissionDenied,
             BackendError::IntegrityCheckFailed => ErrorCode::IntegrityCheckFailed,

@@ -20,6 +20,65 @@ pub use error::BackendError;
 /// Result of a backend call.
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Separates a label from the id in a [key reference](key_ref).
+const ID_SEPARATOR: &str = "?id=";
+
+/// Names exactly one key among keys that may share a label: `<label>?id=<hex CKA_ID>`.
+/// Every key operation that takes a key name accepts this form. Client labels cannot
+/// contain `?`, so it never collides with a label.
+pub fn key_ref(label: &str, id: &[u8]) -> String {
+    let mut out = String::with_capacity(label.len() + ID_SEPARATOR.len() + id.len() * 2);
+    out.push_str(label);
+    out.push_str(ID_SEPARATOR);
+    for b in id {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Splits a key name into its label and, for a [key reference](key_ref), the id.
+pub fn split_key_ref(name: &str) -> (&str, Option<Vec<u8>>) {
+    let Some((label, hex)) = name.split_once(ID_SEPARATOR) else { return (name, None) };
+    let id = (hex.len() % 2 == 0)
+        .then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten();
+    match id {
+        Some(id) => (label, Some(id)),
+        // Not a well-formed reference: treat the whole name as a label (it will not match).
+        None => (name, None),
+    }
+}
+
+/// The two kinds of key a KEK version has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekKeyKind {
+    /// An AES key with these attributes.
+    Aes(KeyAttributes),
+    /// A generic secret of this many bytes for HMAC-SHA256, sensitive, non-extractable.
+    Hmac(usize),
+}
+
+/// What a [`compare_and_swap_object`](BackendSession::compare_and_swap_object) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// The new value is now the object's value.
+    Swapped,
+    /// Another value took the place this one competed for; this value never was and
+    /// never will be the object's value.
+    Lost,
+    /// The object moved on past the place this value competed for before the outcome
+    /// could be read back: the value may or may not have been current for a while.
+    Superseded,
+    /// Too much contention: the value was not settled and may still become current
+    /// later (another writer may finish it). Nothing this write created may be removed.
+    Undecided,
+}
+
 /// A token that can open sessions.
 pub trait Backend: Send + Sync + 'static {
     /// Short name reported to clients (`soft`, `pkcs11`).
@@ -99,6 +158,43 @@ pub trait BackendSession: Send {
     fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
         let _ = prefix;
         Err(BackendError::Unsupported("this backend cannot store data objects".into()))
+    }
+
+    /// Creates a persistent KEK key under `label` with a fresh random id, and returns the
+    /// id. Unlike [`generate_key`](Self::generate_key) it does not refuse a label in use:
+    /// KEK versions are told apart by id, because two daemons may race for one label.
+    fn create_kek_key(&mut self, label: &str, kind: KekKeyKind) -> BackendResult<Vec<u8>> {
+        let _ = (label, kind);
+        Err(BackendError::Unsupported("this backend cannot make KEK keys".into()))
+    }
+
+    /// `(label, id)` of every key whose label starts with `prefix`, sorted.
+    fn list_key_ids(&mut self, prefix: &str) -> BackendResult<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .list_keys()?
+            .into_iter()
+            .map(|k| (k.handle.to_string(), k.id))
+            .filter(|(l, _)| l.starts_with(prefix))
+            .collect())
+    }
+
+    /// Replaces the data object `label` with `value` if its current value is `expected`
+    /// (`None`: the object must not exist), as one atomic step even against other
+    /// processes on the same token.
+    ///
+    /// The default is a read followed by a write, which is atomic only when a single
+    /// writer owns the token.
+    fn compare_and_swap_object(
+        &mut self,
+        label: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> BackendResult<SwapOutcome> {
+        if self.read_object(label)?.as_deref() != expected {
+            return Ok(SwapOutcome::Lost);
+        }
+        self.write_object(label, value)?;
+        Ok(SwapOutcome::Swapped)
     }
 
     /// Imports a [backup](crate::keys::backup) as a new key named `label`.

@@ -59,7 +59,7 @@ pub fn map(e: Error, what: &str) -> BackendError {
     use RvError::*;
     match recovery(rv) {
         Recovery::Reopen | Recovery::Reinitialize => return BackendError::SessionBroken(detail),
-        Recovery::Refind => return BackendError::KeyNotFound(detail),
+        Recovery::Refind => return BackendError::NotFound(format!("the key is gone: {detail}")),
         Recovery::None => {}
     }
     match rv {

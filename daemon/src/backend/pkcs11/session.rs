@@ -1,5 +1,7 @@
 //! One logged-in PKCS#11 session and the operations on it.
 
+mod swap;
+
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,9 @@ use zeroize::Zeroizing;
 
 use super::errors::{self, Recovery};
 use super::{CachedKey, Shared, login, read, write};
-use crate::backend::{BackendError, BackendResult, BackendSession};
+use crate::backend::{
+    BackendError, BackendResult, BackendSession, KekKeyKind, SwapOutcome, split_key_ref,
+};
 use crate::keys::backup;
 use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
 use crate::keys::kdf::KdfParams;
@@ -110,12 +114,15 @@ impl Pkcs11Session {
         errors::map(e, what)
     }
 
-    /// Finds a secret key by label on the token (slow: C_FindObjects).
-    fn find(&self, label: &str) -> BackendResult<Option<CachedKey>> {
-        let template = [
+    /// Finds a secret key by label, or by label and id for a
+    /// [key reference](crate::backend::key_ref), on the token (slow: C_FindObjects).
+    fn find(&self, name: &str) -> BackendResult<Option<CachedKey>> {
+        let (label, id) = split_key_ref(name);
+        let mut template = vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
+        template.extend(id.map(Attribute::Id));
         let handles = self.session.find_objects(&template).map_err(|e| self.fail(e, "find key"))?;
         let Some(handle) = handles.first().copied() else { return Ok(None) };
         if handles.len() > 1 {
@@ -131,9 +138,26 @@ impl Pkcs11Session {
     /// Every stored version of our data object `label`: (sequence, handle, value).
     /// Objects destroyed meanwhile by another writer are skipped.
     fn object_versions(&self, label: &str) -> BackendResult<Vec<(u64, ObjectHandle, Vec<u8>)>> {
+        Ok(self
+            .data_objects(DATA_APPLICATION, label)?
+            .into_iter()
+            .filter(|(_, v)| v.len() >= 8)
+            .map(|(h, v)| {
+                (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), h, v[8..].to_vec())
+            })
+            .collect())
+    }
+
+    /// Every data object of `application` labelled `label`, with its value. Objects
+    /// destroyed meanwhile by another process are skipped.
+    fn data_objects(
+        &self,
+        application: &[u8],
+        label: &str,
+    ) -> BackendResult<Vec<(ObjectHandle, Vec<u8>)>> {
         let template = [
             Attribute::Class(ObjectClass::DATA),
-            Attribute::Application(DATA_APPLICATION.to_vec()),
+            Attribute::Application(application.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
         let handles =
@@ -146,15 +170,38 @@ impl Pkcs11Session {
                 Err(e) => return Err(self.fail(e, "read data object")),
             };
             for a in attrs {
-                if let Attribute::Value(v) = a
-                    && v.len() >= 8
-                {
-                    let seq = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                    out.push((seq, h, v[8..].to_vec()));
+                if let Attribute::Value(v) = a {
+                    out.push((h, v));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Creates a token data object of `application` labelled `label`.
+    fn create_data(
+        &self,
+        application: &[u8],
+        label: &str,
+        value: Vec<u8>,
+    ) -> BackendResult<ObjectHandle> {
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Application(application.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value),
+        ];
+        self.session.create_object(&template).map_err(|e| self.fail(e, "create data object"))
+    }
+
+    /// Destroys an object this process found; one already gone counts as destroyed.
+    fn destroy_quietly(&self, handle: ObjectHandle, what: &str) {
+        match self.session.destroy_object(handle) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+            Err(e) => tracing::warn!(error = %super::brief(&e), what, "object not destroyed"),
+        }
     }
 
     /// Reads a key's attributes; `None` for key types we do not serve.
@@ -329,7 +376,8 @@ impl BackendSession for Pkcs11Session {
             match self.describe(handle) {
                 Ok(Some(info)) => keys.push(info),
                 // Destroyed by another process between the find and the read.
-                Ok(None) | Err(BackendError::KeyNotFound(_)) => {}
+                Ok(None) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -418,19 +466,7 @@ impl BackendSession for Pkcs11Session {
             return Err(BackendError::KeyExists(label.into()));
         }
         let id = self.new_key_id()?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::ValueLen((len as u64).into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Verify(true),
-        ];
+        let template = hmac_key_template(label, &id, len);
         self.session
             .generate_key(&Mechanism::GenericSecretKeyGen, &template)
             .map_err(|e| self.fail(e, "generate HMAC key"))?;
@@ -520,4 +556,85 @@ impl BackendSession for Pkcs11Session {
     fn probe(&mut self) -> BackendResult<()> {
         self.session.get_session_info().map(|_| ()).map_err(|e| self.fail(e, "probe"))
     }
+
+    /// No label check: PKCS#11 has no create-if-absent, so two daemons may create keys
+    /// under one label at once; the random `CKA_ID` tells them apart.
+    fn create_kek_key(&mut self, label: &str, kind: KekKeyKind) -> BackendResult<Vec<u8>> {
+        let id = self.new_key_id()?;
+        let handle = match kind {
+            KekKeyKind::Aes(a) => {
+                let mut template = aes_key_template(label, &id, &a);
+                template.push(Attribute::ValueLen((u64::from(a.size_bits) / 8).into()));
+                self.session.generate_key(&Mechanism::AesKeyGen, &template)
+            }
+            KekKeyKind::Hmac(len) => {
+                let template = hmac_key_template(label, &id, len);
+                self.session.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+            }
+        }
+        .map_err(|e| self.fail(e, "generate KEK key"))?;
+        if let Ok(Some(info)) = self.describe(handle) {
+            write(&self.shared.keys).insert(
+                crate::backend::key_ref(label, &id),
+                CachedKey { handle, info: Arc::new(info) },
+            );
+        }
+        Ok(id)
+    }
+
+    /// One C_FindObjects for every secret key, then the label and id of each.
+    fn list_key_ids(&mut self, prefix: &str) -> BackendResult<Vec<(String, Vec<u8>)>> {
+        let handles = self
+            .session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .map_err(|e| self.fail(e, "list keys"))?;
+        let mut out = Vec::new();
+        for h in handles {
+            let attrs =
+                match self.session.get_attributes(h, &[AttributeType::Label, AttributeType::Id]) {
+                    Ok(a) => a,
+                    Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                    Err(e) => return Err(self.fail(e, "read key label")),
+                };
+            let (mut label, mut id) = (None, Vec::new());
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                    Attribute::Id(i) => id = i,
+                    _ => {}
+                }
+            }
+            if let Some(l) = label.filter(|l| l.starts_with(prefix)) {
+                out.push((l, id));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn compare_and_swap_object(
+        &mut self,
+        label: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> BackendResult<SwapOutcome> {
+        self.swap(label, expected, value)
+    }
+}
+
+/// The template of a persistent HMAC key: sensitive, never extractable, sign and verify.
+fn hmac_key_template(label: &str, id: &[u8], len: usize) -> [Attribute; 11] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen((len as u64).into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+    ]
 }

@@ -15,7 +15,9 @@ use zeroize::Zeroizing;
 
 use self::cipher::GcmKey;
 use self::store::{Contents, KdfParams, KeyStoreFile, StoreError, StoredKey};
-use super::{Backend, BackendError, BackendResult, BackendSession};
+use super::{
+    Backend, BackendError, BackendResult, BackendSession, KekKeyKind, SwapOutcome, split_key_ref,
+};
 use crate::keys::backup;
 
 /// Where and how the soft token keeps its keys.
@@ -95,8 +97,16 @@ impl SoftToken {
         Ok(Arc::new(Self { file, state: RwLock::new(state) }))
     }
 
-    fn key(&self, label: &str) -> BackendResult<Arc<SoftKey>> {
-        self.read().keys.get(label).cloned().ok_or_else(|| BackendError::KeyNotFound(label.into()))
+    /// The key a name or [key reference](super::key_ref) names; a reference whose id
+    /// differs from the key's is not found.
+    fn key(&self, name: &str) -> BackendResult<Arc<SoftKey>> {
+        let (label, id) = split_key_ref(name);
+        self.read()
+            .keys
+            .get(label)
+            .filter(|k| id.as_ref().is_none_or(|id| *id == k.stored.id))
+            .cloned()
+            .ok_or_else(|| BackendError::KeyNotFound(label.into()))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, SoftState> {
@@ -247,13 +257,18 @@ impl BackendSession for SoftSession {
         Ok(k.gcm()?.open(ciphertext, aad)?.into())
     }
 
-    fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
+    fn destroy_key(&mut self, name: &str) -> BackendResult<()> {
+        let (label, id) = split_key_ref(name);
         self.token.mutate(|state| {
-            state
+            let matches = state
                 .keys
-                .remove(label)
-                .map(|_| ())
-                .ok_or_else(|| BackendError::KeyNotFound(label.into()))
+                .get(label)
+                .is_some_and(|k| id.as_ref().is_none_or(|id| *id == k.stored.id));
+            if !matches {
+                return Err(BackendError::KeyNotFound(label.into()));
+            }
+            state.keys.remove(label);
+            Ok(())
         })
     }
 
@@ -302,5 +317,48 @@ impl BackendSession for SoftSession {
 
     fn list_objects(&mut self, prefix: &str) -> BackendResult<Vec<String>> {
         Ok(self.token.read().objects.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+
+    /// Labels are unique in this token and one daemon owns it (the store lock), so a key
+    /// already under `label` can only be a leftover of a creation that crashed before
+    /// any state named it: it is replaced.
+    fn create_kek_key(&mut self, label: &str, kind: KekKeyKind) -> BackendResult<Vec<u8>> {
+        match self.destroy_key(label) {
+            Ok(()) => tracing::warn!(label, "replaced a key left by an interrupted rotation"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        let info = match kind {
+            KekKeyKind::Aes(attributes) => self.generate_key(label, &attributes)?,
+            KekKeyKind::Hmac(len) => {
+                let attributes = KeyAttributes {
+                    size_bits: u32::try_from(len * 8).unwrap_or(0),
+                    extractable: false,
+                    sensitive: true,
+                    encrypt: false,
+                    decrypt: false,
+                    wrap: false,
+                    unwrap: false,
+                };
+                self.insert(label, KeyAlgorithm::GenericSecret, &attributes, random_bytes(len)?)?
+            }
+        };
+        Ok(info.id)
+    }
+
+    /// Atomic: the comparison and the write happen under the store's write lock.
+    fn compare_and_swap_object(
+        &mut self,
+        label: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> BackendResult<SwapOutcome> {
+        self.token.mutate(|state| {
+            if state.objects.get(label).map(Vec::as_slice) != expected {
+                return Ok(SwapOutcome::Lost);
+            }
+            state.objects.insert(label.to_owned(), value.to_vec());
+            Ok(SwapOutcome::Swapped)
+        })
     }
 }
