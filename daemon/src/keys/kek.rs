@@ -9,7 +9,7 @@
 //! Object labels start with `#`, which client labels may not contain, so clients can
 //! neither see nor touch them through the plain key operations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use harpocrates_protocol::{KekInfo, KekVersionInfo, KekVersionState, RotationStep};
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,20 @@ pub fn name_of_state_label(label: &str) -> Option<&str> {
     label.strip_prefix(STATE_PREFIX)?.strip_suffix("/state")
 }
 
+/// Which keys a KEK version is: the ids (`CKA_ID`) of its two keys. A label alone does
+/// not name a key for sure (two daemons may create keys under one label at once); the
+/// id does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionKeys {
+    /// Id of the AES key.
+    pub aes: Vec<u8>,
+    /// Id of the HMAC key.
+    pub mac: Vec<u8>,
+}
+
+/// The encoding this code writes.
+const FORMAT: u8 = 2;
+
 /// A KEK's rotation state, as stored in the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KekState {
@@ -61,6 +75,23 @@ pub struct KekState {
     /// Destroyed versions whose keys may still be in the token (a crash or a failed
     /// destroy); removed before the next change, then dropped from this set.
     pub cleanup: BTreeSet<u32>,
+    /// The keys of each version this code created (format 2). A version missing here
+    /// was created by format-1 code and is found by label alone; every key under its
+    /// label is a candidate.
+    pub keys: BTreeMap<u32, VersionKeys>,
+}
+
+/// Format 1, written before versions recorded their key ids.
+#[derive(Deserialize)]
+struct KekStateV1 {
+    format: u8,
+    active: u32,
+    pending: Option<(u32, bool)>,
+    retired: BTreeSet<u32>,
+    destroyed: BTreeSet<u32>,
+    highest: u32,
+    revision: u64,
+    cleanup: BTreeSet<u32>,
 }
 
 /// What a transition asks the token to do, in order, before and after the state write.
@@ -82,7 +113,7 @@ impl KekState {
     /// The state of a new KEK: version 1 active.
     pub fn new() -> Self {
         Self {
-            format: 1,
+            format: FORMAT,
             active: 1,
             pending: None,
             retired: BTreeSet::new(),
@@ -90,6 +121,7 @@ impl KekState {
             highest: 1,
             revision: 1,
             cleanup: BTreeSet::new(),
+            keys: BTreeMap::new(),
         }
     }
 
@@ -98,15 +130,42 @@ impl KekState {
         bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
     }
 
-    /// Decodes what [`encode`](Self::encode) wrote.
+    /// Decodes what [`encode`](Self::encode) wrote, or a format-1 state (whose versions
+    /// then have no recorded key ids).
     pub fn decode(bytes: &[u8]) -> Result<Self, BackendError> {
-        let (state, used): (Self, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| BackendError::Failed(format!("unreadable KEK state: {e}")))?;
-        if used != bytes.len() || state.format != 1 {
-            return Err(BackendError::Failed("unreadable KEK state".into()));
+        fn exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BackendError> {
+            let (value, used): (T, usize) =
+                bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                    .map_err(|e| BackendError::Failed(format!("unreadable KEK state: {e}")))?;
+            if used != bytes.len() {
+                return Err(BackendError::Failed("unreadable KEK state".into()));
+            }
+            Ok(value)
         }
-        Ok(state)
+        // bincode writes the leading u8 `format` as one byte.
+        match bytes.first() {
+            Some(1) => {
+                let v1: KekStateV1 = exact(bytes)?;
+                Ok(Self {
+                    format: v1.format,
+                    active: v1.active,
+                    pending: v1.pending,
+                    retired: v1.retired,
+                    destroyed: v1.destroyed,
+                    highest: v1.highest,
+                    revision: v1.revision,
+                    cleanup: v1.cleanup,
+                    keys: BTreeMap::new(),
+                })
+            }
+            Some(&FORMAT) => exact(bytes),
+            _ => Err(BackendError::Failed("unreadable KEK state".into())),
+        }
+    }
+
+    /// The recorded ids of version `v`'s keys, if this code created it.
+    pub fn version_keys(&self, v: u32) -> Option<&VersionKeys> {
+        self.keys.get(&v)
     }
 
     /// The highest version ever created.
@@ -145,7 +204,7 @@ impl KekState {
             Some(KekVersionState::Destroyed) => {
                 Err(illegal(format!("KEK {name} version {version} was destroyed")))
             }
-            None => Err(BackendError::KeyNotFound(format!("KEK {name} has no version {version}"))),
+            None => Err(BackendError::NotFound(format!("KEK '{name}' has no version {version}"))),
         }
     }
 
@@ -156,6 +215,7 @@ impl KekState {
         step: RotationStep,
     ) -> Result<(Self, Vec<Effect>), BackendError> {
         let mut next = self.clone();
+        next.format = FORMAT;
         next.revision += 1;
         let effects = match (step, self.pending) {
             (RotationStep::Status, _) => Vec::new(),
@@ -208,8 +268,8 @@ impl KekState {
     ) -> Result<(Self, Vec<Effect>), BackendError> {
         match self.version_state(version) {
             None => {
-                return Err(BackendError::KeyNotFound(format!(
-                    "KEK {name} has no version {version}"
+                return Err(BackendError::NotFound(format!(
+                    "KEK '{name}' has no version {version}"
                 )));
             }
             Some(KekVersionState::Active) => {
@@ -228,6 +288,7 @@ impl KekState {
             Some(KekVersionState::DecryptOnly | KekVersionState::Retired) => {}
         }
         let mut next = self.clone();
+        next.format = FORMAT;
         next.revision += 1;
         if destroy {
             next.retired.remove(&version);
@@ -244,6 +305,7 @@ impl KekState {
     /// were destroyed).
     pub fn cleaned(&self) -> Self {
         let mut next = self.clone();
+        next.format = FORMAT;
         next.revision += 1;
         next.cleanup.clear();
         next
@@ -362,6 +424,48 @@ mod tests {
         assert_eq!(fx, [Effect::DestroyVersion(1)]);
         assert_eq!(gone.version_state(1), Some(KekVersionState::Destroyed));
         assert_eq!(gone.retire("k", 1, true).expect_err("twice").code(), ErrorCode::InvalidState);
+    }
+
+    #[test]
+    fn format_1_states_still_decode_and_upgrade_on_the_next_write() {
+        #[derive(Serialize)]
+        struct V1 {
+            format: u8,
+            active: u32,
+            pending: Option<(u32, bool)>,
+            retired: BTreeSet<u32>,
+            destroyed: BTreeSet<u32>,
+            highest: u32,
+            revision: u64,
+            cleanup: BTreeSet<u32>,
+        }
+        let old = V1 {
+            format: 1,
+            active: 3,
+            pending: Some((4, false)),
+            retired: [1].into(),
+            destroyed: BTreeSet::new(),
+            highest: 4,
+            revision: 9,
+            cleanup: BTreeSet::new(),
+        };
+        let bytes = bincode::serde::encode_to_vec(&old, bincode::config::standard()).expect("v1");
+        let s = KekState::decode(&bytes).expect("format 1 decodes");
+        assert_eq!((s.active, s.pending, s.highest, s.revision), (3, Some((4, false)), 4, 9));
+        assert!(s.keys.is_empty(), "format-1 versions have no recorded ids");
+        let (next, _) = s.step("k", RotationStep::Rollback).expect("rollback");
+        assert_eq!(next.format, FORMAT);
+        assert_eq!(KekState::decode(&next.encode()).expect("round trip"), next);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(KekState::decode(&trailing).is_err(), "trailing bytes are refused");
+    }
+
+    #[test]
+    fn a_missing_version_reads_once() {
+        let e = KekState::new().check_decrypt("k1", 99).expect_err("no v99");
+        assert_eq!(e.code(), ErrorCode::KeyNotFound);
+        assert_eq!(e.to_string(), "KEK 'k1' has no version 99");
     }
 
     #[test]

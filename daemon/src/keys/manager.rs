@@ -20,7 +20,7 @@ use super::dek::{DekCache, DekId, Purpose};
 use super::kek::{self, KekState};
 use super::{ciphertext, envelope};
 use crate::actors::session::pool::SessionPool;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, key_ref};
 
 /// How often a ciphertext naming an unknown version may force a state re-read.
 const FORCED_REFRESH: Duration = Duration::from_millis(100);
@@ -56,7 +56,17 @@ pub struct KeyManager {
     threads: usize,
     settings: KeyManagerSettings,
     states: RwLock<HashMap<String, (Option<KekState>, Instant)>>,
+    /// Ids of every key under a format-1 version's label (sorted): such versions were
+    /// made before ids were recorded, and racing daemons may have made two keys each.
+    legacy: RwLock<HashMap<String, Vec<Vec<u8>>>>,
     deks: DekCache,
+}
+
+/// Which key of a KEK version.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Aes,
+    Mac,
 }
 
 fn wire(e: BackendError) -> WireError {
@@ -74,6 +84,7 @@ impl KeyManager {
             threads,
             settings,
             states: RwLock::new(HashMap::new()),
+            legacy: RwLock::new(HashMap::new()),
             deks: DekCache::new(settings.dek_cache_size, settings.dek_cache_ttl),
         }
     }
@@ -105,15 +116,36 @@ impl KeyManager {
     /// Drops cached data keys of a version that may no longer be used.
     pub fn forget_version(&self, name: &str, version: u32) {
         self.deks.forget_version(name, version);
+        self.legacy.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets every cached KEK state, so the next use reads the token (after the
+    /// rotation coordinator restarted: what it remembered may be wrong).
+    pub fn forget_states(&self) {
+        self.states.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.legacy.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Reads a KEK's state from the token, bypassing the cache.
     pub async fn read_state(&self, name: &str) -> Result<Option<KekState>, WireError> {
+        let read = self.read_state_raw(name).await?.map(|(s, _)| s);
+        Ok(self.cached(name).map(|(s, _)| s).unwrap_or(read))
+    }
+
+    /// Reads a KEK's state from the token, bypassing the cache, with the exact bytes
+    /// stored (what a compare-and-swap of the state must expect).
+    pub async fn read_state_raw(
+        &self,
+        name: &str,
+    ) -> Result<Option<(KekState, Vec<u8>)>, WireError> {
         let label = kek::state_label(name);
         let bytes = self.pool.run("kek_state_read", move |s| s.read_object(&label)).await?;
-        let state = bytes.map(|b| KekState::decode(&b)).transpose().map_err(wire)?;
-        self.remember(name, state.clone());
-        Ok(self.cached(name).map(|(s, _)| s).unwrap_or(state))
+        let read = bytes
+            .map(|b| KekState::decode(&b).map(|state| (state, b)))
+            .transpose()
+            .map_err(wire)?;
+        self.remember(name, read.as_ref().map(|(s, _)| s.clone()));
+        Ok(read)
     }
 
     fn cached(&self, name: &str) -> Option<(Option<KekState>, Instant)> {
@@ -144,13 +176,89 @@ impl KeyManager {
         Ok(out)
     }
 
-    /// The key for (KEK version, context, len, purpose): cached, or derived in the token.
-    async fn dek(
+    /// References to a version's key, the one new data uses first: the recorded key of
+    /// a version this code made; for a format-1 version every key under its label, by id.
+    async fn refs(&self, kek: &KekId, part: Part) -> Result<Vec<String>, WireError> {
+        let label = match part {
+            Part::Aes => kek::aes_label(&kek.name, kek.version),
+            Part::Mac => kek::mac_label(&kek.name, kek.version),
+        };
+        let state = self.state(&kek.name).await?;
+        if let Some(k) = state.version_keys(kek.version) {
+            let id = match part {
+                Part::Aes => &k.aes,
+                Part::Mac => &k.mac,
+            };
+            return Ok(vec![key_ref(&label, id)]);
+        }
+        let known = self.legacy.read().unwrap_or_else(|p| p.into_inner()).get(&label).cloned();
+        let ids = match known {
+            Some(ids) => ids,
+            None => {
+                let l = label.clone();
+                let ids: Vec<Vec<u8>> = self
+                    .pool
+                    .run("kek_key_ids", move |s| s.list_key_ids(&l))
+                    .await?
+                    .into_iter()
+                    .filter(|(found, _)| *found == label)
+                    .map(|(_, id)| id)
+                    .collect();
+                if ids.len() > 1 {
+                    tracing::warn!(
+                        label = %label,
+                        count = ids.len(),
+                        "several keys share a KEK label made before ids were recorded; \
+                         new data uses the lowest id, decryption tries each"
+                    );
+                }
+                self.legacy
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(label.clone(), ids.clone());
+                ids
+            }
+        };
+        if ids.is_empty() {
+            // Let the token report what is missing.
+            return Ok(vec![label]);
+        }
+        Ok(ids.iter().map(|id| key_ref(&label, id)).collect())
+    }
+
+    /// The key new data of this version uses.
+    async fn first_ref(&self, kek: &KekId, part: Part) -> Result<String, WireError> {
+        let mut refs = self.refs(kek, part).await?;
+        Ok(refs.swap_remove(0))
+    }
+
+    /// The envelope keys a ciphertext of this version may be under: one, except for a
+    /// format-1 version with several keys under its HMAC label.
+    async fn open_keys(
         &self,
         kek: &KekId,
         context: &[u8],
+    ) -> Result<Vec<Zeroizing<Vec<u8>>>, WireError> {
+        let refs = self.refs(kek, Part::Mac).await?;
+        let mut deks = Vec::with_capacity(refs.len());
+        for (i, r) in refs.into_iter().enumerate() {
+            deks.push(
+                self.dek(kek, r, context, envelope::DEK_LEN, Purpose::Envelope, i == 0).await?,
+            );
+        }
+        Ok(deks)
+    }
+
+    /// The key for (KEK version, context, len, purpose) under the HMAC key `mac`: cached,
+    /// or derived in the token. Only the key new data uses is cached.
+    async fn dek(
+        &self,
+        kek: &KekId,
+        mac: String,
+        context: &[u8],
         len: usize,
         purpose: Purpose,
+        cache: bool,
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
         if !(super::dek::MIN_LEN..=super::dek::MAX_LEN).contains(&len) {
             return Err(wire(BackendError::InvalidArgument(format!(
@@ -164,12 +272,11 @@ impl KeyManager {
             len: len as u8,
             purpose,
         };
-        if let Some(dek) = self.deks.get(&id) {
+        if cache && let Some(dek) = self.deks.get(&id) {
             return Ok(dek);
         }
-        let label = kek::mac_label(&kek.name, kek.version);
         let ctx = context.to_vec();
-        let prk = self.pool.run("kek_derive", move |s| s.hmac_sha256(&label, &ctx)).await?;
+        let prk = self.pool.run("kek_derive", move |s| s.hmac_sha256(&mac, &ctx)).await?;
         let dek = super::dek::expand(&prk, len, purpose).map_err(wire)?;
         // The version may have been retired while the token computed: never cache (or
         // use) a key of a version the latest known state forbids.
@@ -183,7 +290,9 @@ impl KeyManager {
                 kek.name, kek.version
             ))));
         }
-        self.deks.insert(id, &dek);
+        if cache {
+            self.deks.insert(id, &dek);
+        }
         Ok(dek)
     }
 
@@ -216,7 +325,8 @@ impl KeyManager {
         len: u32,
     ) -> Result<DataKey, WireError> {
         let kek = self.active(name).await?;
-        let dek = self.dek(&kek, context, len as usize, Purpose::DataKey).await?;
+        let mac = self.first_ref(&kek, Part::Mac).await?;
+        let dek = self.dek(&kek, mac, context, len as usize, Purpose::DataKey, true).await?;
         Ok(DataKey { dek: dek.into(), kek, wrapped: None })
     }
 
@@ -229,7 +339,8 @@ impl KeyManager {
         aad: &[u8],
     ) -> Result<Vec<u8>, WireError> {
         let kek = self.active(name).await?;
-        let dek = self.dek(&kek, context, envelope::DEK_LEN, Purpose::Envelope).await?;
+        let mac = self.first_ref(&kek, Part::Mac).await?;
+        let dek = self.dek(&kek, mac, context, envelope::DEK_LEN, Purpose::Envelope, true).await?;
         envelope::seal(&kek, &dek, context, plaintext, aad).map_err(wire)
     }
 
@@ -242,8 +353,8 @@ impl KeyManager {
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
         let kek = envelope::kek_of(ciphertext).map_err(wire)?;
         self.check_decrypt(&kek).await?;
-        let dek = self.dek(&kek, context, envelope::DEK_LEN, Purpose::Envelope).await?;
-        envelope::open(ciphertext, context, aad, &dek).map_err(wire)
+        let deks = self.open_keys(&kek, context).await?;
+        open_with_any(ciphertext, context, aad, &deks).map_err(wire)
     }
 
     /// The envelope operations of one batch: keys are resolved here (cache hits cost
@@ -313,14 +424,17 @@ impl KeyManager {
         match op {
             EnvelopeOp::Encrypt { kek, context, plaintext, aad } => {
                 let kek = self.active(&kek).await?;
-                let dek = self.dek(&kek, &context, envelope::DEK_LEN, Purpose::Envelope).await?;
+                let mac = self.first_ref(&kek, Part::Mac).await?;
+                let dek = self
+                    .dek(&kek, mac, &context, envelope::DEK_LEN, Purpose::Envelope, true)
+                    .await?;
                 Ok(Prepared::Seal { kek, dek, context, plaintext, aad })
             }
             EnvelopeOp::Decrypt { context, ciphertext, aad } => {
                 let kek = envelope::kek_of(&ciphertext).map_err(wire)?;
                 self.check_decrypt(&kek).await?;
-                let dek = self.dek(&kek, &context, envelope::DEK_LEN, Purpose::Envelope).await?;
-                Ok(Prepared::Open { dek, context, ciphertext, aad })
+                let deks = self.open_keys(&kek, &context).await?;
+                Ok(Prepared::Open { deks, context, ciphertext, aad })
             }
         }
     }
@@ -337,7 +451,7 @@ impl KeyManager {
 
     async fn wrap(&self, kek: &KekId, dek: &Zeroizing<Vec<u8>>) -> Result<Vec<u8>, WireError> {
         let header = wrapped_header(kek).map_err(wire)?;
-        let label = kek::aes_label(&kek.name, kek.version);
+        let label = self.first_ref(kek, Part::Aes).await?;
         let (aad, key) = (header.clone(), Zeroizing::new(dek.to_vec()));
         let sealed = self.pool.run("kek_wrap", move |s| s.encrypt(&label, &key, &aad)).await?;
         let mut out = header;
@@ -349,9 +463,24 @@ impl KeyManager {
     pub async fn unwrap_data_key(&self, wrapped: &[u8]) -> Result<DataKey, WireError> {
         let (kek, header_len) = parse_wrapped(wrapped).map_err(wire)?;
         self.check_decrypt(&kek).await?;
-        let label = kek::aes_label(&kek.name, kek.version);
+        let refs = self.refs(&kek, Part::Aes).await?;
         let (aad, sealed) = (wrapped[..header_len].to_vec(), wrapped[header_len..].to_vec());
-        let dek = self.pool.run("kek_unwrap", move |s| s.decrypt(&label, &sealed, &aad)).await?;
+        // Only a format-1 version with duplicated keys has more than one candidate: the
+        // one whose GCM tag verifies is the key the data key was wrapped under.
+        let dek = self
+            .pool
+            .run("kek_unwrap", move |s| {
+                let mut last = BackendError::IntegrityCheckFailed;
+                for r in &refs {
+                    match s.decrypt(r, &sealed, &aad) {
+                        Err(BackendError::IntegrityCheckFailed) => {}
+                        Err(e) if e.is_not_found() && refs.len() > 1 => last = e,
+                        other => return other,
+                    }
+                }
+                Err(last)
+            })
+            .await?;
         Ok(DataKey { dek, kek, wrapped: None })
     }
 
@@ -419,7 +548,7 @@ enum Prepared {
         aad: Vec<u8>,
     },
     Open {
-        dek: Zeroizing<Vec<u8>>,
+        deks: Vec<Zeroizing<Vec<u8>>>,
         context: Vec<u8>,
         ciphertext: Vec<u8>,
         aad: Vec<u8>,
@@ -440,13 +569,32 @@ impl Prepared {
                 envelope::seal(&kek, &dek, &context, plaintext.expose(), &aad)
                     .map(Response::Ciphertext)
             }
-            Prepared::Open { dek, context, ciphertext, aad } => {
-                envelope::open(&ciphertext, &context, &aad, &dek)
+            Prepared::Open { deks, context, ciphertext, aad } => {
+                open_with_any(&ciphertext, &context, &aad, &deks)
                     .map(|p| Response::Plaintext(p.into()))
             }
         }
         .map_err(wire)
     }
+}
+
+/// Opens an envelope with the first key whose GCM tag verifies (several keys only for a
+/// format-1 version whose label two daemons both used).
+fn open_with_any(
+    ciphertext: &[u8],
+    context: &[u8],
+    aad: &[u8],
+    deks: &[Zeroizing<Vec<u8>>],
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let mut last = BackendError::IntegrityCheckFailed;
+    for dek in deks {
+        match envelope::open(ciphertext, context, aad, dek) {
+            Err(BackendError::IntegrityCheckFailed) => {}
+            Err(e) => last = e,
+            ok => return ok,
+        }
+    }
+    Err(last)
 }
 
 fn wrapped_header(kek: &KekId) -> Result<Vec<u8>, BackendError> {
