@@ -47,14 +47,16 @@ pub fn open_backend(settings: &Settings) -> Result<Arc<dyn Backend>, StartupErro
         }
         BackendSettings::Pkcs11(config) => {
             let pin = settings.pin.load()?;
-            let backend = Pkcs11Backend::open(config.clone(), pin)
+            let (attempts, delay) = (settings.retry.attempts, settings.retry.delay);
+            let backend = Pkcs11Backend::open_with_retry(config.clone(), pin, attempts, delay)
                 .map_err(|source| StartupError::Backend { backend: "pkcs11", source })?;
             Ok(Arc::new(backend))
         }
         BackendSettings::CloudHsm(profile) => {
             tracing::info!(command = ?profile.configure_command(), "CloudHSM client configuration");
             let pin = profile.login_pin(&settings.pin.load()?);
-            let backend = Pkcs11Backend::open(profile.pkcs11(), pin)
+            let (attempts, delay) = (settings.retry.attempts, settings.retry.delay);
+            let backend = Pkcs11Backend::open_with_retry(profile.pkcs11(), pin, attempts, delay)
                 .map_err(|source| StartupError::Backend { backend: "cloudhsm", source })?;
             Ok(Arc::new(backend))
         }

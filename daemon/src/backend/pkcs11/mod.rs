@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -97,6 +98,18 @@ fn init_args() -> CInitializeArgs {
 impl Pkcs11Backend {
     /// Loads the module, initialises it, finds the token and checks the PIN by logging in.
     pub fn open(config: Pkcs11Config, pin: Zeroizing<String>) -> BackendResult<Self> {
+        Self::open_with_retry(config, pin, 0, Duration::ZERO)
+    }
+
+    /// Like [`open`](Self::open), but a token that is not found (or not readable yet) is
+    /// looked for again up to `attempts` more times, `delay` apart: another process on the
+    /// same token (a second daemon starting at the same instant) may be writing it.
+    pub fn open_with_retry(
+        config: Pkcs11Config,
+        pin: Zeroizing<String>,
+        attempts: u32,
+        delay: Duration,
+    ) -> BackendResult<Self> {
         let lib = &config.library_path;
         if !lib.exists() {
             return Err(startup(format!("PKCS#11 module {} does not exist", lib.display())));
@@ -113,8 +126,26 @@ impl Pkcs11Backend {
                 )));
             }
         }
-        let slot = find_slot(&ctx, &config.token)?;
-        let token_info = read_token_info(&ctx, slot);
+        // A token another process is writing at this instant (a second daemon starting,
+        // a key being created) can look absent, uninitialised or unreadable, and its login
+        // can fail with CKR_GENERAL_ERROR: look again within the retry budget.
+        let mut tried = 0;
+        let (slot, token_info) = loop {
+            match attach(&ctx, &config.token, &pin) {
+                Ok(found) => break found,
+                Err((e, true)) if tried < attempts => {
+                    tried += 1;
+                    tracing::warn!(error = %e, attempt = tried, "token not usable yet; looking again");
+                    std::thread::sleep(delay);
+                    // Modules such as SoftHSM2 read their tokens at C_Initialize.
+                    let _ = ctx.clone().finalize();
+                    if let Err(e) = ctx.initialize(init_args()) {
+                        tracing::debug!(error = %brief(&e), "C_Initialize");
+                    }
+                }
+                Err((e, _)) => return Err(e),
+            }
+        };
         // One targeted query: listing every mechanism makes cryptoki log each type it
         // does not know.
         let can_wrap = ctx
@@ -134,23 +165,6 @@ impl Pkcs11Backend {
                 can_wrap,
             }),
         };
-        // Logging in now turns a wrong PIN into a start-up error instead of a request error.
-        let label = backend.token_info().label;
-        let session = backend.shared.ctx.open_rw_session(slot).map_err(|e| {
-            startup(format!("cannot open a session on token '{label}': {}", brief(&e)))
-        })?;
-        login(&backend.shared, &session).map_err(|e| match e {
-            CkError::Pkcs11(RvError::PinIncorrect, _) => {
-                startup(format!("wrong PIN for token '{label}'"))
-            }
-            CkError::Pkcs11(RvError::PinLocked, _) => {
-                startup(format!("the user PIN of token '{label}' is locked"))
-            }
-            CkError::Pkcs11(RvError::UserPinNotInitialized, _) => {
-                startup(format!("token '{label}' has no user PIN set (initialise the token first)"))
-            }
-            other => startup(format!("login to token '{label}' failed: {}", brief(&other))),
-        })?;
         Ok(backend)
     }
 
@@ -163,6 +177,46 @@ impl Pkcs11Backend {
     pub fn slot(&self) -> Slot {
         *read(&self.shared.slot)
     }
+}
+
+/// Finds the token and logs in once, so that a wrong PIN stops start-up instead of
+/// failing requests later. The flag says whether trying again may help.
+fn attach(
+    ctx: &Pkcs11,
+    choice: &TokenChoice,
+    pin: &Zeroizing<String>,
+) -> Result<(Slot, TokenInfo), (BackendError, bool)> {
+    let slot = find_slot(ctx, choice).map_err(|e| (e, true))?;
+    let token_info = read_token_info(ctx, slot);
+    let label = &token_info.label;
+    let session = ctx.open_rw_session(slot).map_err(|e| {
+        (startup(format!("cannot open a session on token '{label}': {}", brief(&e))), true)
+    })?;
+    let secret = AuthPin::from(pin.as_str().to_owned());
+    match session.login(UserType::User, Some(&secret)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            return Err((startup(format!("wrong PIN for token '{label}'")), false));
+        }
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+            return Err((startup(format!("the user PIN of token '{label}' is locked")), false));
+        }
+        Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) => {
+            return Err((
+                startup(format!(
+                    "token '{label}' has no user PIN set (initialise the token first)"
+                )),
+                false,
+            ));
+        }
+        Err(other) => {
+            return Err((
+                startup(format!("login to token '{label}' failed: {}", brief(&other))),
+                true,
+            ));
+        }
+    }
+    Ok((slot, token_info))
 }
 
 /// A short description of a cryptoki error (the long RvError text is a paragraph).
