@@ -1,14 +1,24 @@
 //! Two daemons on one SoftHSM2 token (two processes, one token directory): they agree on
 //! KEK versions because the state lives in the token; after one commits a rotation the
 //! other moves to the new version within its `kek_refresh`, and each decrypts everything
-//! either produced.
+//! either produced. Rotation steps raced from both daemons at once never give two keys
+//! one version, and two daemons started at the same instant both come up.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, PIN, SOFTHSM2_MODULE, TOKEN_LABEL, Token};
-use harpocrates::client::{Client, RotationStep};
+use common::{Daemon, PIN, SOFTHSM2_MODULE, SoftHsm, TOKEN_LABEL, Token};
+use harpocrates::client::{Client, Error, KekVersionState, RotationStep};
+
+/// The `[pkcs11]` section of a second daemon on the fixture token.
+fn same_token() -> String {
+    format!("library_path = {SOFTHSM2_MODULE:?}\ntoken_label = {TOKEN_LABEL:?}")
+}
 
 fn version_of(ct: &[u8]) -> u32 {
     let n = usize::from(ct[1]);
@@ -22,7 +32,7 @@ async fn two_daemons_share_kek_state_through_the_token() {
     let conf = a.softhsm.as_ref().expect("softhsm").conf.to_str().expect("utf-8").to_owned();
     let b = Daemon::start_external(
         PIN,
-        &format!("library_path = {SOFTHSM2_MODULE:?}\ntoken_label = {TOKEN_LABEL:?}"),
+        &same_token(),
         "kek_refresh = \"300ms\"",
         &[("SOFTHSM2_CONF", &conf)],
     );
@@ -89,4 +99,205 @@ async fn two_daemons_share_kek_state_through_the_token() {
         ca.rotate("shared", RotationStep::Status).await.expect("status on a").active_version,
         3
     );
+}
+
+/// Rounds each daemon runs in the race (`HARPOCRATES_RACE_ROUNDS` overrides).
+fn race_rounds() -> usize {
+    std::env::var("HARPOCRATES_RACE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+}
+
+/// One daemon's side of the race: an envelope encryption, then prepare, validate and
+/// commit (every seventh round on `b`, rollback instead). A step the other daemon made
+/// illegal gets `invalid_state`; anything else is a failure.
+fn race(
+    socket: PathBuf,
+    who: &'static str,
+    rounds: usize,
+    start: Arc<Barrier>,
+) -> Vec<(Vec<u8>, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async move {
+        let c = Client::connect(&socket).await.expect("connect");
+        start.wait();
+        let mut sealed = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let text = format!("{who} round {i}");
+            let ct = c
+                .encrypt_with_context("race", b"ctx", text.as_bytes(), None)
+                .await
+                .unwrap_or_else(|e| panic!("{who} round {i}: seal: {e}"));
+            sealed.push((ct, text));
+            let last = if who == "b" && i % 7 == 3 {
+                RotationStep::Rollback
+            } else {
+                RotationStep::Commit
+            };
+            for step in [RotationStep::Prepare, RotationStep::Validate, last] {
+                match c.rotate("race", step).await {
+                    Ok(_) | Err(Error::InvalidState(_)) => {}
+                    Err(e) => panic!("{who} round {i}: {step:?}: {e}"),
+                }
+            }
+        }
+        sealed
+    })
+}
+
+/// Labels of the KEK keys in the token, with how many objects carry each.
+fn kek_key_labels(hsm: &SoftHsm, kek: &str) -> BTreeMap<String, usize> {
+    let listing = hsm.pkcs11_tool(&[
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+        PIN,
+        "--list-objects",
+        "--type",
+        "secrkey",
+    ]);
+    let prefix = format!("#kek/{kek}/v");
+    let mut counts = BTreeMap::new();
+    for line in listing.lines() {
+        let Some(label) = line.trim().strip_prefix("label:") else { continue };
+        let label = label.trim().trim_matches('\'');
+        if label.starts_with(&prefix) {
+            *counts.entry(label.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn racing_rotations_on_two_daemons_keep_one_key_per_version() {
+    let rounds = race_rounds();
+    let started = Instant::now();
+    let a = Daemon::start_on(Token::SoftHsm, "kek_refresh = \"300ms\"");
+    let hsm = a.softhsm.as_ref().expect("softhsm");
+    let conf = hsm.conf.to_str().expect("utf-8").to_owned();
+    let b = Daemon::start_external(
+        PIN,
+        &same_token(),
+        "kek_refresh = \"300ms\"",
+        &[("SOFTHSM2_CONF", &conf)],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (ca, cb) = rt.block_on(async {
+        (Client::connect(&a.socket).await.expect("a"), Client::connect(&b.socket).await.expect("b"))
+    });
+    rt.block_on(ca.generate_kek("race")).expect("kek");
+
+    let start = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = [(a.socket.clone(), "a"), (b.socket.clone(), "b")]
+        .into_iter()
+        .map(|(socket, who)| {
+            let start = start.clone();
+            std::thread::spawn(move || race(socket, who, rounds, start))
+        })
+        .collect();
+    let sealed: Vec<(Vec<u8>, String)> =
+        threads.into_iter().flat_map(|t| t.join().expect("racing thread")).collect();
+    let raced = started.elapsed();
+
+    // Every acknowledged ciphertext opens on both daemons.
+    rt.block_on(async {
+        for (ct, text) in &sealed {
+            for (c, on) in [(&ca, "a"), (&cb, "b")] {
+                let opened = c
+                    .decrypt_with_context(b"ctx", ct, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("'{text}' does not open on {on}: {e}"));
+                assert_eq!(opened.expose(), text.as_bytes());
+            }
+        }
+    });
+
+    // Both daemons report the same state, read from the token.
+    let (la, lb) = rt.block_on(async {
+        (ca.list_keks().await.expect("list on a"), cb.list_keks().await.expect("list on b"))
+    });
+    assert_eq!(la, lb, "the daemons disagree about the KEK");
+    let info = la.into_iter().find(|k| k.name == "race").expect("race KEK listed");
+    assert!(info.active_version > 1, "no rotation ever committed: {info:?}");
+
+    // One key object per label; a live version has both keys, a destroyed one none.
+    let counts = kek_key_labels(hsm, "race");
+    for (label, n) in &counts {
+        assert_eq!(*n, 1, "{n} objects share {label}: {counts:?}");
+    }
+    for v in &info.versions {
+        let present = ["aes", "mac"]
+            .iter()
+            .filter(|k| counts.contains_key(&format!("#kek/race/v{}/{k}", v.version)))
+            .count();
+        let want = if v.state == KekVersionState::Destroyed { 0 } else { 2 };
+        assert_eq!(present, want, "v{} ({:?}) has {present} keys: {counts:?}", v.version, v.state);
+    }
+    assert!(
+        counts.len() <= 2 * info.versions.len(),
+        "keys of versions the state does not know: {counts:?}"
+    );
+    eprintln!(
+        "{rounds} rounds per daemon raced in {raced:?}; {} versions, active v{}",
+        info.versions.len(),
+        info.active_version
+    );
+}
+
+/// Keeps the token busy the way another host's daemon would: keys created and destroyed
+/// in a loop (each rewrites the token's files) until `stop` is set.
+fn keep_token_busy(conf: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tool = |args: &[&str]| {
+            let _ = std::process::Command::new("pkcs11-tool")
+                .args(["--module", SOFTHSM2_MODULE, "--token-label", TOKEN_LABEL, "--login"])
+                .args(["--pin", PIN])
+                .args(args)
+                .env("SOFTHSM2_CONF", &conf)
+                .output();
+        };
+        while !stop.load(Ordering::Relaxed) {
+            tool(&["--keygen", "--key-type", "AES:32", "--label", "busy"]);
+            tool(&["--delete-object", "--type", "secrkey", "--label", "busy"]);
+        }
+    })
+}
+
+#[test]
+fn two_daemons_started_at_the_same_instant_both_come_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hsm = SoftHsm::init(&dir.path().join("softhsm"), TOKEN_LABEL);
+    let conf = hsm.conf.to_str().expect("utf-8").to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = keep_token_busy(conf.clone(), stop.clone());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    for round in 0..15 {
+        let start = Arc::new(Barrier::new(2));
+        let daemons: Vec<_> = (0..2)
+            .map(|_| {
+                let (start, conf) = (start.clone(), conf.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    // A budget of 20 × 10 ms: the token is unreadable only for moments.
+                    Daemon::start_external(
+                        PIN,
+                        &same_token(),
+                        "retry_attempts = 20",
+                        &[("SOFTHSM2_CONF", &conf)],
+                    )
+                })
+            })
+            .collect();
+        let joined: Vec<_> = daemons.into_iter().map(|t| t.join()).collect();
+        if joined.iter().any(Result::is_err) {
+            stop.store(true, Ordering::Relaxed);
+            panic!("round {round}: a daemon did not come up");
+        }
+        for mut d in joined.into_iter().flatten() {
+            assert!(d.is_running(), "round {round}");
+            let c = rt.block_on(Client::connect(&d.socket)).expect("connect");
+            rt.block_on(c.list_keks()).expect("serves requests");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    busy.join().expect("busy thread");
 }
