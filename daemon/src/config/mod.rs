@@ -128,10 +128,19 @@ fn duration(
     value: Option<&str>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    value.map_or(Ok(default), |v| {
+    let d = value.map_or(Ok(default), |v| {
         humantime::parse_duration(v).map_err(|e| invalid(field, format!("{v:?}: {e}")))
-    })
+    })?;
+    // Durations are added to `Instant`s and slept on: a value of centuries would overflow
+    // the one or hang the other.
+    if d > MAX_DURATION {
+        return Err(invalid(field, format!("{d:?} is longer than the limit of 366 days")));
+    }
+    Ok(d)
 }
+
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn positive(d: Duration) -> Result<Duration, String> {
     if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) }
@@ -183,8 +192,9 @@ impl Settings {
     pub fn validate(mut raw: RawConfig) -> Result<Self, ConfigError> {
         let socket_mode = match raw.socket_mode.as_deref() {
             None => 0o660,
-            Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
-                .ok()
+            Some(s) => Some(s.strip_prefix("0o").unwrap_or(s))
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+                .and_then(|d| u32::from_str_radix(d, 8).ok())
                 .filter(|m| *m <= 0o777)
                 .ok_or_else(|| {
                     invalid("socket_mode", format!("{s:?} is not an octal mode like \"0660\""))
@@ -457,6 +467,10 @@ mod tests {
             ("backend = \"luna\"", "backend"),
             ("session_timeout = \"-1s\"", "session_timeout"),
             ("frame_timeout = \"0s\"", "frame_timeout"),
+            ("dek_cache_ttl = \"300000000000y\"", "dek_cache_ttl"),
+            ("retry_delay = \"1000y\"", "retry_delay"),
+            ("socket_mode = \"+660\"", "socket_mode"),
+            ("socket_mode = \"0o0o660\"", "socket_mode"),
             ("idle_timeout = \"never\"", "idle_timeout"),
             ("max_total_bytes = 10", "max_total_bytes"),
             ("max_connection_bytes = 10", "max_connection_bytes"),
