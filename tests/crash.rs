@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Daemon, PIN, TOKEN_LABEL, Token};
 use harpocrates::client::{Client, Error, KekInfo, KekVersionState, RotationStep};
 
@@ -139,4 +141,41 @@ async fn soft_token_survives_a_crash_at_every_step() {
 #[tokio::test]
 async fn softhsm2_survives_a_crash_at_every_step() {
     every_crash_point(Token::SoftHsm).await;
+}
+
+/// A step that panics inside the coordinator: the request gets a typed error at once
+/// (not a hang, not a lost connection), the coordinator restarts from the token's state,
+/// and the daemon carries on.
+async fn a_panicking_step_restarts_the_coordinator(token: Token) {
+    let d = Daemon::start_on_env(token, "", &[("HARPOCRATES_PANIC_AT", "prepare:after-state")]);
+    let c = client(&d).await;
+    c.generate_kek("k").await.expect("kek");
+    let ct = c.encrypt_with_context("k", b"ctx", b"v1 data", None).await.expect("seal");
+    let got = tokio::time::timeout(Duration::from_secs(10), c.rotate("k", RotationStep::Prepare))
+        .await
+        .expect("the request in flight is answered");
+    assert!(matches!(got, Err(Error::OperationFailed(_))), "{token:?}: {got:?}");
+    // The state write happened before the panic; the restarted coordinator reads it.
+    let info = c.rotate("k", RotationStep::Status).await.expect("status");
+    assert_eq!(info.pending_version, Some(2), "{token:?}: {info:?}");
+    c.validate_rotation("k").await.expect("validate after the restart");
+    assert_eq!(c.commit_rotation("k").await.expect("commit").active_version, 2);
+    assert_eq!(
+        c.decrypt_with_context(b"ctx", &ct, None).await.expect("old data").expose(),
+        b"v1 data"
+    );
+    for step in [RotationStep::Prepare, RotationStep::Validate, RotationStep::Commit] {
+        c.rotate("k", step).await.expect("a full rotation after the restart");
+    }
+    assert!(d.output().contains("rotation coordinator restarted"), "{token:?}");
+}
+
+#[tokio::test]
+async fn soft_token_coordinator_survives_a_panic() {
+    a_panicking_step_restarts_the_coordinator(Token::Soft).await;
+}
+
+#[tokio::test]
+async fn softhsm2_coordinator_survives_a_panic() {
+    a_panicking_step_restarts_the_coordinator(Token::SoftHsm).await;
 }
