@@ -202,10 +202,17 @@ fn racing_rotations_on_two_daemons_keep_one_key_per_version() {
     rt.block_on(async {
         for (ct, text) in &sealed {
             for (c, on) in [(&ca, "a"), (&cb, "b")] {
-                let opened = c
-                    .decrypt_with_context(b"ctx", ct, None)
-                    .await
-                    .unwrap_or_else(|e| panic!("'{text}' does not open on {on}: {e}"));
+                let opened = c.decrypt_with_context(b"ctx", ct, None).await.unwrap_or_else(|e| {
+                    let logs: String = [&a, &b]
+                        .iter()
+                        .flat_map(|d| d.output().lines().map(str::to_owned).collect::<Vec<_>>())
+                        .filter(|l| {
+                            l.contains("WARN") || l.contains("ERROR") || l.contains("removed keys")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    panic!("'{text}' does not open on {on}: {e}\n{logs}")
+                });
                 assert_eq!(opened.expose(), text.as_bytes());
             }
         }
