@@ -7,25 +7,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::Daemon;
+use common::{Daemon, frame};
 use harpocrates::client::{BlockingClient, Error};
 use harpocrates::protocol::{
-    ErrorCode, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame, WireError,
-    bincode_config, codec::decode_body,
+    ErrorCode, PROTOCOL_VERSION, Request, Response, ResponseFrame, WireError, codec::decode_body,
 };
 
 fn raw(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(&d.socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     s
-}
-
-fn frame(id: u64, request: Request) -> Vec<u8> {
-    let body = bincode::serde::encode_to_vec(RequestFrame { id, request }, bincode_config())
-        .expect("encode");
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
 }
 
 fn hello() -> Vec<u8> {

@@ -10,20 +10,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, frame};
 use harpocrates::client::{BlockingClient, Error};
 use harpocrates::protocol::{
-    PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame, bincode_config,
-    codec::decode_body,
+    PROTOCOL_VERSION, Request, Response, ResponseFrame, codec::decode_body,
 };
-
-fn frame(id: u64, request: Request) -> Vec<u8> {
-    let body = bincode::serde::encode_to_vec(RequestFrame { id, request }, bincode_config())
-        .expect("encode");
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
 
 fn greeted(socket: &Path) -> UnixStream {
     let mut s = UnixStream::connect(socket).expect("connect");
@@ -133,18 +124,8 @@ fn greedy_pipelining_clients_are_held_to_the_byte_budget() {
 
 /// Runs `harpocratesd` on the soft token under `ulimit -n <nofile>`, output to a file.
 fn start_limited(dir: &Path, nofile: u32) -> (Child, std::path::PathBuf) {
-    common::write_secret(&dir.join("pin"), common::PIN);
     let socket = dir.join("s.sock");
-    let cfg = dir.join("limited.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "socket_path = {socket:?}\npin_file = {:?}\n[soft]\nstate_dir = {:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
-            dir.join("pin"),
-            dir.join("state"),
-        ),
-    )
-    .expect("config");
+    let cfg = common::soft_config(dir, &socket);
     let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
     let child = Command::new("sh")
         .arg("-c")
@@ -173,10 +154,7 @@ fn at_the_descriptor_limit_a_newcomer_gets_an_answer_at_once() {
     let started = Instant::now();
     let answer = BlockingClient::connect(&socket).and_then(|c| c.ping());
     let waited = started.elapsed();
-    assert!(
-        matches!(answer, Ok(()) | Err(Error::Busy(_))),
-        "served or told Busy, got {answer:?}"
-    );
+    assert!(matches!(answer, Ok(()) | Err(Error::Busy(_))), "served or told Busy, got {answer:?}");
     assert!(waited < Duration::from_secs(1), "answered in {waited:?}");
     drop(held);
     // Once the crowd has gone, clients are served again.
@@ -239,7 +217,10 @@ fn expensive_work_does_not_starve_cheap_work() {
     setup
         .generate_key_with_attributes(
             "exportable",
-            harpocrates::protocol::KeyAttributes { extractable: true, ..harpocrates::protocol::KeyAttributes::aes(256) },
+            harpocrates::protocol::KeyAttributes {
+                extractable: true,
+                ..harpocrates::protocol::KeyAttributes::aes(256)
+            },
         )
         .expect("keygen");
     let backup = setup.backup_key("exportable", b"correct horse").expect("backup");

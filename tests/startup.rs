@@ -161,22 +161,6 @@ fn pkcs11_start_up_failures_each_give_one_clear_line() {
     assert!(out.contains("pkcs11 backend"), "{out}");
 }
 
-/// A soft-token configuration in `dir` whose socket is `socket`.
-fn soft_config(dir: &Path, socket: &Path) -> std::path::PathBuf {
-    common::write_secret(&dir.join("pin"), common::PIN);
-    let path = dir.join("soft.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "socket_path = {socket:?}\npin_file = {:?}\n[soft]\nstate_dir = {:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
-            dir.join("pin"),
-            dir.join("state"),
-        ),
-    )
-    .expect("config");
-    path
-}
-
 /// The uid of a test user that `.ci/run` creates, or `None` (then the caller skips, except
 /// in CI where the users must exist).
 fn test_user_uid(name: &str) -> Option<u32> {
@@ -205,7 +189,7 @@ fn a_socket_directory_another_user_made_is_refused() {
     std::os::unix::fs::chown(&hijack, Some(other), None).expect("chown");
     std::fs::set_permissions(&hijack, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .expect("chmod");
-    let cfg = soft_config(p, &hijack.join("harpocrates.sock"));
+    let cfg = common::soft_config(p, &hijack.join("harpocrates.sock"));
     let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], p);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("refusing to use the socket directory"), "{out}");
@@ -226,7 +210,7 @@ fn a_regular_file_at_the_socket_path_survives() {
     let p = dir.path();
     let target = p.join("precious.txt");
     std::fs::write(&target, "do not delete").expect("write");
-    let cfg = soft_config(p, &target);
+    let cfg = common::soft_config(p, &target);
     let (code, out) = run(&["--config", cfg.to_str().expect("utf-8")], p);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("precious.txt") && out.contains("not a socket"), "{out}");
@@ -238,7 +222,7 @@ fn a_regular_file_at_the_socket_path_survives() {
 fn a_pin_file_others_can_read_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
-    let cfg = soft_config(p, &p.join("s.sock"));
+    let cfg = common::soft_config(p, &p.join("s.sock"));
     std::fs::set_permissions(p.join("pin"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
     let (code, out) = run(&["--config", cfg.to_str().expect("utf-8"), "--check-config"], p);
@@ -252,7 +236,7 @@ fn a_pin_file_others_can_read_is_refused_by_name() {
 fn check_config_logs_in_and_refuses_a_wrong_pin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
-    let cfg = soft_config(p, &p.join("s.sock"));
+    let cfg = common::soft_config(p, &p.join("s.sock"));
     // The first start creates the soft token under the right PIN.
     let out = Command::new(bin("harpocratesd"))
         .args(["--config", cfg.to_str().expect("utf-8"), "--check-config"])

@@ -133,6 +133,33 @@ pub struct Daemon {
     drains: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// One request as raw bytes on the wire: length prefix and bincode body.
+pub fn frame(id: u64, request: harpocrates::protocol::Request) -> Vec<u8> {
+    let frame = harpocrates::protocol::RequestFrame { id, request };
+    let body = bincode::serde::encode_to_vec(frame, harpocrates::protocol::bincode_config())
+        .expect("encode");
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A soft-token configuration file in `dir` (PIN file beside it) whose socket is
+/// `socket`, for tests that run `harpocratesd` themselves.
+pub fn soft_config(dir: &Path, socket: &Path) -> PathBuf {
+    write_secret(&dir.join("pin"), PIN);
+    let path = dir.join("soft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "socket_path = {socket:?}\npin_file = {:?}\n[soft]\nstate_dir = {:?}\nkdf_memory_kib = 256\nkdf_iterations = 1\n",
+            dir.join("pin"),
+            dir.join("state"),
+        ),
+    )
+    .expect("config");
+    path
+}
+
 /// Writes a secret file (a PIN, a password) readable by its owner only, as the daemon
 /// insists.
 pub fn write_secret(path: &Path, contents: &str) {

@@ -119,10 +119,12 @@ mod tests {
             .to_string();
         assert!(err.contains("0640") && err.contains("pin"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
-        assert_eq!(check_private_file(0o100600, 12345), Err(format!(
-            "it is owned by uid 12345, not by this daemon's uid {} or root",
-            unsafe { libc::geteuid() }
-        )));
+        assert_eq!(
+            check_private_file(0o100600, 12345),
+            Err(format!("it is owned by uid 12345, not by this daemon's uid {} or root", unsafe {
+                libc::geteuid()
+            }))
+        );
     }
 
     #[test]

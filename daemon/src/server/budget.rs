@@ -77,7 +77,9 @@ impl ConnectionBudget {
             charged: Cell::new(0),
             own: Arc::new(Semaphore::new(own_units as usize)),
             own_units,
-            allowance_units: u32::try_from(allowance_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).min(own_units),
+            allowance_units: u32::try_from(allowance_bytes.div_ceil(UNIT))
+                .unwrap_or(u32::MAX)
+                .min(own_units),
             allowance_used: Rc::new(Cell::new(0)),
             total,
         }
@@ -159,17 +161,13 @@ mod tests {
             let _held = greedy.charge(132 * 1024).await.expect("open");
             assert_eq!(total.in_use(), 128 * 1024);
             let fresh = ConnectionBudget::new(1 << 20, 4 * 1024, total.clone());
-            let small = tokio::time::timeout(
-                std::time::Duration::from_millis(50),
-                fresh.charge(1024),
-            )
-            .await;
+            let small =
+                tokio::time::timeout(std::time::Duration::from_millis(50), fresh.charge(1024))
+                    .await;
             assert!(small.is_ok(), "a small request fits in the allowance");
-            let big = tokio::time::timeout(
-                std::time::Duration::from_millis(50),
-                fresh.charge(64 * 1024),
-            )
-            .await;
+            let big =
+                tokio::time::timeout(std::time::Duration::from_millis(50), fresh.charge(64 * 1024))
+                    .await;
             assert!(big.is_err(), "a large one waits for the total");
         });
     }

@@ -183,9 +183,11 @@ impl Router {
                     self.metrics.record(single.op_name(), result.is_ok(), started.elapsed());
                     result
                 }
-                Place::Pool => {
-                    self.run_in_pool(vec![(0, single)], lanes).await.pop().map_or_else(lost, |r| r.1)
-                }
+                Place::Pool => self
+                    .run_in_pool(vec![(0, single)], lanes)
+                    .await
+                    .pop()
+                    .map_or_else(lost, |r| r.1),
                 Place::Keys if is_large_envelope(&single) => {
                     let op = envelope_op(single);
                     let name = op.as_ref().map_or("envelope", |(_, op)| op_label(op));
@@ -414,10 +416,9 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
 /// The envelope operation inside `request`, if it is one.
 fn envelope_op(request: Request) -> Option<(usize, EnvelopeOp)> {
     match request {
-        Request::EnvelopeEncrypt { kek, context, plaintext, aad } => Some((
-            0,
-            EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() },
-        )),
+        Request::EnvelopeEncrypt { kek, context, plaintext, aad } => {
+            Some((0, EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() }))
+        }
         Request::EnvelopeDecrypt { context, ciphertext, aad } => {
             Some((0, EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() }))
         }

@@ -94,5 +94,4 @@ impl FrameReader {
         // The body holds plaintexts and passwords: `Zeroizing` wipes this transport copy.
         Ok(Incoming { frame: decode_body(&body), charge })
     }
-
 }
