@@ -178,14 +178,16 @@ impl Pkcs11Session {
         Ok(out)
     }
 
-    /// Creates a token data object of `application` labelled `label`.
+    /// Creates a token data object of `application` labelled `label`, with
+    /// `CKA_OBJECT_ID` set when `object_id` is given.
     fn create_data(
         &self,
         application: &[u8],
         label: &str,
         value: Vec<u8>,
+        object_id: Option<&[u8]>,
     ) -> BackendResult<ObjectHandle> {
-        let template = [
+        let mut template = vec![
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
             Attribute::Private(true),
@@ -193,13 +195,37 @@ impl Pkcs11Session {
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Value(value),
         ];
+        template.extend(object_id.map(|id| Attribute::ObjectId(id.to_vec())));
+        self.sync_view();
         self.session.create_object(&template).map_err(|e| self.fail(e, "create data object"))
+    }
+
+    /// Brings this process's view of the token up to date before it creates or destroys a
+    /// token object. SoftHSM2's file store re-reads the token directory only when the
+    /// token's generation counter differs from the one this process last saw, and a
+    /// create or destroy sets that to the new value: objects other processes created since
+    /// the last search would stay invisible here until yet another process writes (see
+    /// docs/pkcs11.md, "SoftHSM2 across processes"). A search right before the write
+    /// narrows that gap to the write itself. Only liveness depends on it: nothing that
+    /// must be safe relies on seeing other processes' new objects.
+    fn sync_view(&self) {
+        let probe = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(b"harpocrates-sync".to_vec()),
+        ];
+        if let Err(e) = self.session.find_objects(&probe) {
+            tracing::debug!(error = %super::brief(&e), "view sync search");
+        }
     }
 
     /// Destroys an object this process found; one already gone counts as destroyed.
     fn destroy_quietly(&self, handle: ObjectHandle, what: &str) {
+        self.sync_view();
         match self.session.destroy_object(handle) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+            // SoftHSM2 answers FUNCTION_FAILED when another process removed the object
+            // first.
+            Ok(())
+            | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::FunctionFailed, _)) => {}
             Err(e) => tracing::warn!(error = %super::brief(&e), what, "object not destroyed"),
         }
     }
@@ -411,9 +437,19 @@ impl BackendSession for Pkcs11Session {
     }
 
     fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
-        self.with_key(label, "destroy key", |s, k| s.destroy_object(k.handle))?;
+        self.sync_view();
+        let destroyed = self.with_key(label, "destroy key", |s, k| s.destroy_object(k.handle));
         write(&self.shared.keys).remove(label);
-        Ok(())
+        match destroyed {
+            // SoftHSM2 answers FUNCTION_FAILED when another process removed the key's file
+            // first: if the key cannot be found any more, it is gone, which callers that
+            // clean up treat as done.
+            Err(e) if matches!(self.find(label), Ok(None)) => {
+                tracing::debug!(label, error = %e, "key destroyed by another process first");
+                Err(BackendError::KeyNotFound(label.into()))
+            }
+            other => other,
+        }
     }
 
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
@@ -512,6 +548,7 @@ impl BackendSession for Pkcs11Session {
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Value(stored),
         ];
+        self.sync_view();
         self.session.create_object(&template).map_err(|e| self.fail(e, "create data object"))?;
         for (_, handle, _) in old {
             match self.session.destroy_object(handle) {
@@ -561,6 +598,7 @@ impl BackendSession for Pkcs11Session {
     /// under one label at once; the random `CKA_ID` tells them apart.
     fn create_kek_key(&mut self, label: &str, kind: KekKeyKind) -> BackendResult<Vec<u8>> {
         let id = self.new_key_id()?;
+        self.sync_view();
         let handle = match kind {
             KekKeyKind::Aes(a) => {
                 let mut template = aes_key_template(label, &id, &a);

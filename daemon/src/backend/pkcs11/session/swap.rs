@@ -1,40 +1,45 @@
-//! Compare-and-swap of a data object across processes, built from what PKCS#11 offers:
-//! creating an object is atomic and a later `C_FindObjects` sees it, nothing more (no
-//! create-if-absent, no conditional update). See docs/envelope.md, "Two daemons on one
-//! token", for the argument.
+//! Compare-and-swap of a data object across processes, built from what PKCS#11 offers on
+//! every token, including SoftHSM2's file store. See docs/envelope.md, "Two daemons on one
+//! token", and docs/pkcs11.md, "SoftHSM2 across processes", for the argument.
 //!
 //! A data object's value lives in *published* objects: `u64 BE sequence || value`,
-//! application `harpocrates`; the highest sequence is current. Replacing the value at
-//! sequence `n` by a value for `n + 1` is one consensus instance ("slot" `n + 1`) among
-//! every process that tries, decided with Disk Paxos over *ballot* objects (application
-//! `harpocrates-ballot`, same label) that nobody ever modifies:
+//! application `harpocrates`; the highest sequence is current. Published objects are never
+//! modified.
 //!
-//! 1. create `{slot, promised b}`; read every ballot of the slot, then the published
-//!    objects. Someone promised a higher round → back off and retry with a higher one.
-//!    Otherwise adopt the value of the highest accepted ballot, if any, else our own.
-//! 2. create `{slot, promised b, accepted (b, value)}`; read again, the same way. No
-//!    higher round → the value is decided.
-//! 3. publish `slot || value`, destroy published objects of lower sequences and the
-//!    ballots of settled slots.
+//! **Batons.** The right to publish sequence `n + 1` is a *baton* object (application
+//! `harpocrates-baton`, same label, value `u64 BE n`), created by the writer of `n` before
+//! it publishes `n`. A writer claims it by destroying it: the token removes an object
+//! once, so exactly one `C_DestroyObject` of it succeeds, and only that writer publishes
+//! `n + 1` (after creating baton `n + 1`). Published objects made this way carry
+//! [`BATONED`] in `CKA_OBJECT_ID`.
 //!
-//! Whenever a read shows a published object at the slot, the slot is settled and its
-//! value is that object's; a published object above the slot means it was settled
-//! earlier (its value may have been ours). Ballots are read *before* published objects:
-//! ballots are destroyed only after a higher-or-equal sequence is published, and the
-//! highest published object is never destroyed, so a read that misses a destroyed ballot
-//! always sees the publication that allowed its destruction.
+//! Why not read-then-decide: SoftHSM2's file store does not show a process the objects
+//! another process created just before this process's own create or destroy, until some
+//! other process writes again (its generation counter absorbs the other writer's bump).
+//! Any protocol that decides from "I see no competing object" (Disk Paxos over ballot
+//! objects, which this module used before) can then let two writers both win. Claiming by
+//! destruction does not depend on seeing anything: a missed object only makes a writer
+//! lose (and retry), never win twice.
+//!
+//! **Before batons.** A state published by the earlier code (no [`BATONED`] mark) is
+//! replaced with that code's Disk Paxos over *ballot* objects (application
+//! `harpocrates-ballot`): correct on a token whose reads are linearizable, and exposed to
+//! the SoftHSM2 visibility gap above. It is kept only for such states; their next
+//! successful write is unmarked too, so a KEK moves to batons when it is created anew.
+//! A KEK created by this code starts with baton 1.
 
 use std::time::Duration;
 
-use cryptoki::object::ObjectHandle;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use super::Pkcs11Session;
 use crate::backend::{BackendResult, SwapOutcome};
 
-/// `CKA_APPLICATION` of ballot objects (never read as a state).
+/// `CKA_APPLICATION` of ballot objects of the earlier protocol (never read as a state).
 const BALLOT_APPLICATION: &[u8] = b"harpocrates-ballot";
 
-/// Rounds tried before giving up with [`SwapOutcome::Undecided`].
+/// Paxos rounds tried before giving up with [`SwapOutcome::Undecided`].
 const MAX_ROUNDS: u32 = 12;
 
 /// A round number, made unique by the proposer's random nonce; compared as a pair.
@@ -90,6 +95,28 @@ enum Survey {
     Clear(Option<Vec<u8>>),
 }
 
+/// `CKA_APPLICATION` of baton objects (never read as a state).
+const BATON_APPLICATION: &[u8] = b"harpocrates-baton";
+
+/// `CKA_OBJECT_ID` of published objects whose baton was created before them.
+const BATONED: &[u8] = b"harpocrates/baton/1";
+
+/// Published objects kept below the current one. A reader that missed the newest
+/// publications (see the module docs) still finds an older state rather than none.
+const KEEP_PUBLISHED: u64 = 8;
+
+/// Publication attempts: a repeated publication carries the same bytes, so a retry after
+/// an error whose effect is unknown is harmless.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// One published object.
+struct Published {
+    seq: u64,
+    handle: ObjectHandle,
+    value: Vec<u8>,
+    batoned: bool,
+}
+
 impl Pkcs11Session {
     /// See the module documentation.
     pub(super) fn swap(
@@ -98,14 +125,127 @@ impl Pkcs11Session {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> BackendResult<SwapOutcome> {
-        let published = self.object_versions(label)?;
+        let published = self.published(label)?;
         // The same choice `read_object` makes.
-        let top = published.iter().max_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
-        let slot = match (top, expected) {
-            (None, None) => 1,
-            (Some((seq, _, current)), Some(e)) if current.as_slice() == e => seq + 1,
-            _ => return Ok(SwapOutcome::Lost),
-        };
+        let top = published.iter().max_by(|a, b| (a.seq, &a.value).cmp(&(b.seq, &b.value)));
+        match (top, expected) {
+            (None, None) => {
+                self.publish(label, 1, value)?;
+                Ok(SwapOutcome::Swapped)
+            }
+            (Some(top), Some(e)) if top.value == e => {
+                if published.iter().any(|p| p.seq == top.seq && p.batoned) {
+                    self.claim_and_publish(label, top.seq, value)
+                } else {
+                    self.paxos(label, top.seq + 1, value)
+                }
+            }
+            _ => Ok(SwapOutcome::Lost),
+        }
+    }
+
+    /// Claims baton `seq` and publishes `seq + 1`.
+    fn claim_and_publish(&self, label: &str, seq: u64, value: &[u8]) -> BackendResult<SwapOutcome> {
+        let batons: Vec<ObjectHandle> = self
+            .data_objects(BATON_APPLICATION, label)?
+            .into_iter()
+            .filter(|(_, v)| v.as_slice() == seq.to_be_bytes())
+            .map(|(h, _)| h)
+            .collect();
+        // No baton: another writer claimed it, and its state is on the way (or published
+        // but not visible to this process yet). Either way ours is not the next one.
+        let Some(&baton) = batons.first() else { return Ok(SwapOutcome::Lost) };
+        self.sync_view();
+        match self.session.destroy_object(baton) {
+            Ok(()) => {}
+            // Already destroyed by another writer: SoftHSM2 answers FUNCTION_FAILED when
+            // its file was removed under it, HANDLE_INVALID when it noticed before.
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::FunctionFailed, _)) => {
+                return Ok(SwapOutcome::Lost);
+            }
+            Err(e) => return Err(self.fail(e, "claim state baton")),
+        }
+        if let Err(e) = self.publish(label, seq + 1, value) {
+            // We hold the only right to publish `seq + 1` and could not use it: the state
+            // stays at `seq` and no writer can replace it until an operator repairs it.
+            tracing::error!(
+                label,
+                seq,
+                error = %e,
+                "claimed the state baton but could not publish; see docs/envelope.md, \
+                 \"A claimed baton that was never used\""
+            );
+            return Err(e);
+        }
+        Ok(SwapOutcome::Swapped)
+    }
+
+    /// Creates baton `seq`, then publishes `seq || value` marked as batoned, then removes
+    /// what is no longer needed. Baton first: whoever sees the publication sees the baton.
+    fn publish(&self, label: &str, seq: u64, value: &[u8]) -> BackendResult<()> {
+        self.create_data(BATON_APPLICATION, label, seq.to_be_bytes().to_vec(), None)?;
+        let mut stored = seq.to_be_bytes().to_vec();
+        stored.extend_from_slice(value);
+        let mut attempt = 1;
+        while let Err(e) =
+            self.create_data(super::DATA_APPLICATION, label, stored.clone(), Some(BATONED))
+        {
+            if attempt >= PUBLISH_ATTEMPTS {
+                return Err(e);
+            }
+            attempt += 1;
+            back_off(attempt);
+        }
+        // Failures only leave garbage that a later write removes.
+        for p in self.published(label)? {
+            if p.seq + KEEP_PUBLISHED <= seq || (p.seq < seq && !p.batoned) {
+                self.destroy_quietly(p.handle, "old state object");
+            }
+        }
+        for (h, _) in self.ballots(label)? {
+            self.destroy_quietly(h, "ballot");
+        }
+        Ok(())
+    }
+
+    /// Every published object of `label`. Objects destroyed meanwhile are skipped.
+    fn published(&self, label: &str) -> BackendResult<Vec<Published>> {
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(super::DATA_APPLICATION.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let handles =
+            self.session.find_objects(&template).map_err(|e| self.fail(e, "find data object"))?;
+        let mut out = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let attrs = match self
+                .session
+                .get_attributes(handle, &[AttributeType::Value, AttributeType::ObjectId])
+            {
+                Ok(a) => a,
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                Err(e) => return Err(self.fail(e, "read data object")),
+            };
+            let (mut stored, mut batoned) = (None, false);
+            for a in attrs {
+                match a {
+                    Attribute::Value(v) => stored = Some(v),
+                    Attribute::ObjectId(id) => batoned = id == BATONED,
+                    _ => {}
+                }
+            }
+            let Some(stored) = stored.filter(|v| v.len() >= 8) else { continue };
+            let (seq, value) = stored.split_at(8);
+            let seq = u64::from_be_bytes(seq.try_into().unwrap_or([0; 8]));
+            out.push(Published { seq, handle, value: value.to_vec(), batoned });
+        }
+        Ok(out)
+    }
+
+    /// The earlier protocol: Disk Paxos for `slot` over ballot objects, for states
+    /// published before batons (see the module docs).
+    fn paxos(&self, label: &str, slot: u64, value: &[u8]) -> BackendResult<SwapOutcome> {
         let mut nonce = [0u8; 16];
         self.session
             .generate_random_slice(&mut nonce)
@@ -137,7 +277,7 @@ impl Pkcs11Session {
             // Decided: no higher round was promised after our acceptance was visible.
             let mut stored = slot.to_be_bytes().to_vec();
             stored.extend_from_slice(&chosen);
-            self.create_data(super::DATA_APPLICATION, label, stored)?;
+            self.create_data(super::DATA_APPLICATION, label, stored, None)?;
             self.collect(label, slot)?;
             return Ok(if chosen == value { SwapOutcome::Swapped } else { SwapOutcome::Lost });
         }
@@ -146,7 +286,7 @@ impl Pkcs11Session {
     }
 
     fn create_ballot(&self, label: &str, ballot: &Ballot) -> BackendResult<ObjectHandle> {
-        self.create_data(BALLOT_APPLICATION, label, ballot.encode())
+        self.create_data(BALLOT_APPLICATION, label, ballot.encode(), None)
     }
 
     /// Every ballot of `label` (any slot), with its handle.
