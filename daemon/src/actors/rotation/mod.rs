@@ -162,6 +162,19 @@ fn destroy_one(s: &mut dyn BackendSession, key: &str) -> BackendResult<()> {
     }
 }
 
+/// Destroys a key nothing refers to (a lost write's, or one the sweep proved dead). A
+/// failure only leaves garbage behind, so it is logged, not returned: the change the
+/// caller asked for does not depend on it.
+fn destroy_garbage(s: &mut dyn BackendSession, key: &str, why: &str) -> bool {
+    match destroy_one(s, key) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(key, why, error = %e, "unreferenced key not destroyed; left as garbage");
+            false
+        }
+    }
+}
+
 /// Destroys every key under version `v`'s labels: its own keys, and any a losing or
 /// crashed `Prepare` left under them (no state can ever name those, see [`sweep`]).
 fn destroy_version(s: &mut dyn BackendSession, name: &str, v: u32) -> BackendResult<()> {
@@ -187,11 +200,13 @@ fn version_of_label(name: &str, label: &str) -> Option<u32> {
 }
 
 /// Destroys keys that provably no state will ever name: keys under the label of a version
-/// the state records with other ids. A version number is taken when a state write that
-/// records it is decided, and every competing `Prepare` for that number computed it from
-/// an older state, so its write loses; keys under labels of versions above `highest` may
-/// still belong to a write in progress and are left alone, as are versions made before
-/// ids were recorded.
+/// that `state` — read from the token just before — records with other ids. Every
+/// published state was the single winner of its write (see docs/envelope.md), so a
+/// version's recorded ids never change once recorded; every competing `Prepare` for that
+/// number computed it from an older state, and its claim on that state's baton fails, so
+/// its keys are never recorded. Keys under labels of versions above `highest` may still
+/// belong to a write in progress and are left alone, as are versions made before ids were
+/// recorded.
 fn sweep(s: &mut dyn BackendSession, name: &str, state: &KekState) -> BackendResult<usize> {
     let prefix = format!("{}{name}/v", kek::STATE_PREFIX);
     let mut destroyed = 0;
@@ -201,8 +216,16 @@ fn sweep(s: &mut dyn BackendSession, name: &str, state: &KekState) -> BackendRes
         if v > state.highest || id == keys.aes || id == keys.mac {
             continue;
         }
-        destroy_one(s, &key_ref(&label, &id))?;
-        destroyed += 1;
+        let key = key_ref(&label, &id);
+        tracing::info!(
+            kek = name,
+            key,
+            state_revision = state.revision,
+            "sweeping a key its version does not record"
+        );
+        if destroy_garbage(s, &key, "sweep") {
+            destroyed += 1;
+        }
     }
     Ok(destroyed)
 }
@@ -284,10 +307,12 @@ async fn discard(
         return Ok(Some(state));
     }
     let (aes, mac) = refs(name, v, Some(keys));
+    tracing::info!(kek = name, aes, mac, "destroying the keys of a write that lost");
     km.pool()
         .run("kek_discard_version", move |s| {
-            destroy_one(s, &aes)?;
-            destroy_one(s, &mac)
+            destroy_garbage(s, &aes, "lost write");
+            destroy_garbage(s, &mac, "lost write");
+            Ok(())
         })
         .await?;
     Ok(None)
@@ -316,7 +341,7 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
         }
         let (before, after): (Vec<Effect>, Vec<Effect>) =
             effects.into_iter().partition(|e| !matches!(e, Effect::DestroyVersion(_)));
-        let mut created = None;
+        let (mut created, mut changed) = (None, false);
         if !before.is_empty() {
             crash_point(&format!("{point}:before-effects"));
             for e in before {
@@ -332,12 +357,29 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
                     }
                     Effect::Validate(v) => {
                         let (n, keys) = (name.to_owned(), next.version_keys(v).cloned());
-                        km.pool()
+                        let validated = km
+                            .pool()
                             .run("kek_validate", move |s| validate_version(s, &n, v, keys.as_ref()))
-                            .await?;
+                            .await;
+                        if let Err(e) = validated {
+                            // Another daemon rolled the version back (and destroyed its
+                            // keys) after we read the state: re-evaluate on the new state,
+                            // which answers `invalid_state`.
+                            if e.code == harpocrates_protocol::ErrorCode::KeyNotFound
+                                && state_changed(km, name, expected).await?
+                            {
+                                changed = true;
+                                break;
+                            }
+                            return Err(e);
+                        }
                     }
                     Effect::DestroyVersion(_) => {}
                 }
+            }
+            if changed {
+                back_off().await;
+                continue;
             }
             crash_point(&format!("{point}:after-effects"));
         }
@@ -363,6 +405,7 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
                     step = point,
                     "another daemon changed the KEK first; re-evaluating"
                 );
+                back_off().await;
                 continue;
             }
             SwapOutcome::Undecided => {
@@ -375,9 +418,10 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
         crash_point(&format!("{point}:after-state"));
         let info = finish(km, name, next, after, point).await?;
         if created.is_some() {
-            // Keys that lost a race for a version number this state now records.
-            let (n, state) = (name.to_owned(), km.read_state(name).await?);
-            if let Some(state) = state {
+            // Keys that lost a race for a version number this state now records, judged
+            // against the state as the token holds it now.
+            let n = name.to_owned();
+            if let Some((state, _)) = km.read_state_raw(name).await? {
                 match km.pool().run("kek_sweep", move |s| sweep(s, &n, &state)).await {
                     Ok(0) => {}
                     Ok(count) => tracing::info!(kek = name, count, "removed keys no version uses"),
@@ -390,6 +434,25 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
     Err(wire(BackendError::InvalidState(format!(
         "KEK '{name}' kept changing under this {point}; check its status and retry"
     ))))
+}
+
+/// Whether the token's state differs from `expected` (the bytes a step started from).
+async fn state_changed(
+    km: &KeyManager,
+    name: &str,
+    expected: Option<&[u8]>,
+) -> Result<bool, WireError> {
+    Ok(km.read_state_raw(name).await?.map(|(_, b)| b).as_deref() != expected)
+}
+
+/// Waits a short random time before re-reading a state another daemon is changing, so the
+/// other write can finish and the two stop meeting.
+async fn back_off() {
+    let mut r = [0u8; 1];
+    if getrandom::fill(&mut r).is_err() {
+        r = [9];
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2 + u64::from(r[0] % 24))).await;
 }
 
 /// After a won state write: destroys what the state no longer names, then records that
