@@ -126,7 +126,10 @@ impl KeyManager {
         self.legacy.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// Reads a KEK's state from the token, bypassing the cache.
+    /// Reads a KEK's state from the token, bypassing the cache's age limit: the answer is
+    /// the newer (by revision) of what the token holds now and what this daemon last wrote
+    /// or read, since a process may briefly not see the newest state object (see
+    /// docs/pkcs11.md, "SoftHSM2 across processes").
     pub async fn read_state(&self, name: &str) -> Result<Option<KekState>, WireError> {
         let read = self.read_state_raw(name).await?.map(|(s, _)| s);
         Ok(self.cached(name).map(|(s, _)| s).unwrap_or(read))
@@ -607,7 +610,12 @@ fn wrapped_header(kek: &KekId) -> Result<Vec<u8>, BackendError> {
     Ok(h)
 }
 
-fn parse_wrapped(w: &[u8]) -> Result<(KekId, usize), BackendError> {
+/// Reads the header of a wrapped data key (`0xD1 | name length | KEK name | u32 BE
+/// version`, then the AES-GCM ciphertext): the KEK version it names and the header's
+/// length. Checks only the layout — a known format byte, a valid KEK name, room for at
+/// least the ciphertext overhead — never the cryptography, so any input gives an error
+/// rather than a panic (a fuzz target relies on it).
+pub fn parse_wrapped(w: &[u8]) -> Result<(KekId, usize), BackendError> {
     let bad = || BackendError::InvalidArgument("not a wrapped data key".into());
     if w.first() != Some(&WRAPPED_V1) {
         return Err(bad());
