@@ -154,14 +154,14 @@ impl Pkcs11Session {
             .collect();
         // No baton: another writer claimed it, and its state is on the way (or published
         // but not visible to this process yet). Either way ours is not the next one.
-        let Some(&baton) = batons.first() else { return Ok(SwapOutcome::Lost) };
+        let Some(&baton) = batons.first() else { return self.lost(label, seq, value) };
         self.sync_view();
         match self.session.destroy_object(baton) {
             Ok(()) => {}
             // Already destroyed by another writer: SoftHSM2 answers FUNCTION_FAILED when
             // its file was removed under it, HANDLE_INVALID when it noticed before.
             Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::FunctionFailed, _)) => {
-                return Ok(SwapOutcome::Lost);
+                return self.lost(label, seq, value);
             }
             Err(e) => return Err(self.fail(e, "claim state baton")),
         }
@@ -178,6 +178,13 @@ impl Pkcs11Session {
             return Err(e);
         }
         Ok(SwapOutcome::Swapped)
+    }
+
+    /// The outcome after another writer claimed baton `seq`: swapped if what it published
+    /// is byte for byte our value (two daemons making the same `Commit`), else lost.
+    fn lost(&self, label: &str, seq: u64, value: &[u8]) -> BackendResult<SwapOutcome> {
+        let same = self.published(label)?.iter().any(|p| p.seq == seq + 1 && p.value == value);
+        Ok(if same { SwapOutcome::Swapped } else { SwapOutcome::Lost })
     }
 
     /// Creates baton `seq`, then publishes `seq || value` marked as batoned, then removes
