@@ -239,11 +239,24 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// fine.
 pub(crate) fn login(shared: &Shared, session: &cryptoki::session::Session) -> Result<(), CkError> {
     let pin = AuthPin::from(shared.pin.as_str().to_owned());
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(e),
+    let (mut attempt, mut delay) = (1, Duration::from_millis(2));
+    loop {
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => return Ok(()),
+            // SoftHSM2 rewrites its token file (the PIN-count flags) on every login, and a
+            // login that reads it while another process rewrites it answers GENERAL_ERROR:
+            // a moment later it succeeds.
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < LOGIN_ATTEMPTS => {
+                std::thread::sleep(delay);
+                (attempt, delay) = (attempt + 1, delay * 2);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
+
+/// `C_Login` attempts when the token answers `CKR_GENERAL_ERROR` (see [`login`]).
+const LOGIN_ATTEMPTS: u32 = 6;
 
 fn find_slot(ctx: &Pkcs11, choice: &TokenChoice) -> BackendResult<Slot> {
     let slots = ctx
