@@ -345,36 +345,43 @@ async fn run(km: &KeyManager, name: &str, change: Change) -> Result<KekInfo, Wir
         if !before.is_empty() {
             crash_point(&format!("{point}:before-effects"));
             for e in before {
-                match e {
+                let done = match e {
                     Effect::CreateVersion(v) => {
                         let n = name.to_owned();
-                        let keys = km
-                            .pool()
+                        km.pool()
                             .run("kek_create_version", move |s| create_version(s, &n, v))
-                            .await?;
-                        next.keys.insert(v, keys.clone());
-                        created = Some((v, keys));
+                            .await
+                            .map(|keys| {
+                                next.keys.insert(v, keys.clone());
+                                created = Some((v, keys));
+                            })
                     }
                     Effect::Validate(v) => {
                         let (n, keys) = (name.to_owned(), next.version_keys(v).cloned());
-                        let validated = km
-                            .pool()
+                        km.pool()
                             .run("kek_validate", move |s| validate_version(s, &n, v, keys.as_ref()))
-                            .await;
-                        if let Err(e) = validated {
-                            // Another daemon rolled the version back (and destroyed its
-                            // keys) after we read the state: re-evaluate on the new state,
-                            // which answers `invalid_state`.
-                            if e.code == harpocrates_protocol::ErrorCode::KeyNotFound
-                                && state_changed(km, name, expected).await?
-                            {
-                                changed = true;
-                                break;
-                            }
-                            return Err(e);
-                        }
+                            .await
                     }
-                    Effect::DestroyVersion(_) => {}
+                    Effect::DestroyVersion(_) => Ok(()),
+                };
+                if let Err(e) = done {
+                    // Another daemon changed the KEK after we read it, and that can break
+                    // this step's token work: a rollback destroys the keys a Validate
+                    // uses, a sweep destroys the keys of a Prepare that can no longer win
+                    // while they are being generated. Re-evaluate on the new state (which
+                    // then answers `invalid_state`); what this step created is garbage the
+                    // sweep removes.
+                    if state_changed(km, name, expected).await? {
+                        tracing::info!(
+                            kek = name,
+                            step = point,
+                            error = %e.message,
+                            "token work failed while another daemon changed the KEK; re-evaluating"
+                        );
+                        changed = true;
+                        break;
+                    }
+                    return Err(e);
                 }
             }
             if changed {
