@@ -260,19 +260,8 @@ fn seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>, fn(&[u8]) -> bool
     ]
 }
 
-#[cfg(feature = "parse-wrapped")]
 fn wrapped_ok(seed: &[u8]) -> bool {
     harpocrates_daemon::keys::manager::parse_wrapped(seed).is_ok()
-}
-
-/// Without `parse_wrapped`, the layout is checked by hand: the header, then a ciphertext.
-#[cfg(not(feature = "parse-wrapped"))]
-fn wrapped_ok(seed: &[u8]) -> bool {
-    let n = usize::from(seed.get(1).copied().unwrap_or(0));
-    seed.first() == Some(&0xD1)
-        && n > 0
-        && seed.len() >= 2 + n + 4 + ciphertext::OVERHEAD
-        && ciphertext::parse(&seed[2 + n + 4..]).is_ok()
 }
 
 #[test]
