@@ -5,36 +5,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use harpocrates_protocol::{MetricsSnapshot, OpMetrics};
+use harpocrates_protocol::{MetricsSnapshot, Op, OpMetrics};
 
-/// Every operation name counted, in report order (see `Request::op_name`).
-pub const OPS: [&str; 34] = [
-    "hello",
-    "ping",
-    "generate_random",
-    "generate_key",
-    "generate_key_with_attributes",
-    "list_keys",
-    "encrypt",
-    "decrypt",
-    "destroy_key",
-    "supports_key_backup",
-    "health_check",
-    "get_metrics",
-    "batch",
-    "backup_key",
-    "restore_key",
-    "generate_kek",
-    "list_keks",
-    "derive_data_key",
-    "generate_data_key",
-    "unwrap_data_key",
-    "envelope_encrypt",
-    "envelope_decrypt",
-    "rewrap",
-    "rotation",
-    "retire_kek_version",
-    // The key manager's own token work (internal jobs on the session pool).
+/// The key manager's own token work (internal jobs on the session pool), counted beside
+/// the client operations.
+pub const INTERNAL_JOBS: [&str; 12] = [
     "kek_state_read",
     "kek_state_write",
     "kek_list",
@@ -44,7 +19,22 @@ pub const OPS: [&str; 34] = [
     "kek_create_version",
     "kek_validate",
     "kek_destroy_version",
+    "kek_discard_version",
+    "kek_key_ids",
+    "kek_sweep",
 ];
+
+/// How many names are counted: every client operation, then the internal jobs.
+const COUNTED: usize = Op::ALL.len() + INTERNAL_JOBS.len();
+
+/// The name counted in slot `i`: client operations in the protocol's order, then the
+/// internal jobs.
+fn counted_name(i: usize) -> &'static str {
+    match Op::ALL.get(i) {
+        Some(op) => op.name(),
+        None => INTERNAL_JOBS[i - Op::ALL.len()],
+    }
+}
 
 /// How far back `ops_per_sec` looks.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -59,7 +49,7 @@ struct Counter {
 /// The daemon's metrics registry.
 pub struct Metrics {
     started: Instant,
-    ops: [Counter; OPS.len()],
+    ops: [Counter; COUNTED],
     other: Counter,
     connections: AtomicU64,
     /// `(when, ops_total)` samples, oldest first, for the recent rate.
@@ -91,7 +81,7 @@ impl Metrics {
     }
 
     fn counter(&self, op: &str) -> &Counter {
-        OPS.iter().position(|o| *o == op).map_or(&self.other, |i| &self.ops[i])
+        (0..COUNTED).find(|&i| counted_name(i) == op).map_or(&self.other, |i| &self.ops[i])
     }
 
     /// Counts one finished operation.
@@ -143,14 +133,14 @@ impl Metrics {
         let avg_us = |ns: u64, n: u64| {
             if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1000.0 }
         };
-        let per_op = OPS
-            .iter()
+        let per_op = (0..COUNTED)
+            .map(counted_name)
             .zip(&self.ops)
             .filter(|(_, c)| c.count.load(Relaxed) > 0)
             .map(|(name, c)| {
                 let n = c.count.load(Relaxed);
                 OpMetrics {
-                    op: (*name).to_owned(),
+                    op: name.to_owned(),
                     count: n,
                     errors: c.errors.load(Relaxed),
                     avg_latency_us: avg_us(c.latency_ns.load(Relaxed), n),
@@ -194,54 +184,17 @@ mod tests {
     }
 
     #[test]
-    fn every_request_kind_has_its_own_slot() {
-        use harpocrates_protocol::{KeyAttributes, Request};
-        let all = [
-            Request::Hello { version: 1, client_name: String::new() },
-            Request::Ping,
-            Request::GenerateRandom { len: 1 },
-            Request::GenerateKey { label: "k".into(), size_bits: 256 },
-            Request::GenerateKeyWithAttributes {
-                label: "k".into(),
-                attributes: KeyAttributes::default(),
-            },
-            Request::ListKeys,
-            Request::Encrypt { key: "k".into(), plaintext: Vec::new().into(), aad: None },
-            Request::Decrypt { key: "k".into(), ciphertext: Vec::new(), aad: None },
-            Request::DestroyKey { key: "k".into() },
-            Request::SupportsKeyBackup,
-            Request::HealthCheck,
-            Request::GetMetrics,
-            Request::Batch(Vec::new()),
-            Request::BackupKey { key: "k".into(), password: Vec::new().into() },
-            Request::RestoreKey {
-                label: "k".into(),
-                backup: Vec::new(),
-                password: Vec::new().into(),
-            },
-            Request::GenerateKek { name: "k".into() },
-            Request::ListKeks,
-            Request::DeriveDataKey { kek: "k".into(), context: Vec::new(), len: 32 },
-            Request::GenerateDataKey { kek: "k".into() },
-            Request::UnwrapDataKey { wrapped: Vec::new() },
-            Request::EnvelopeEncrypt {
-                kek: "k".into(),
-                context: Vec::new(),
-                plaintext: Vec::new().into(),
-                aad: None,
-            },
-            Request::EnvelopeDecrypt { context: Vec::new(), ciphertext: Vec::new(), aad: None },
-            Request::Rewrap { context: Vec::new(), ciphertext: Vec::new(), aad: None },
-            Request::Rotation { kek: "k".into(), step: harpocrates_protocol::RotationStep::Status },
-            Request::RetireKekVersion { kek: "k".into(), version: 1, destroy: false },
-        ];
+    fn every_operation_and_internal_job_has_its_own_slot() {
         let m = Metrics::new();
-        for r in &all {
-            m.record(r.op_name(), true, Duration::ZERO);
+        for op in Op::ALL {
+            m.record(op.name(), true, Duration::ZERO);
+        }
+        for job in INTERNAL_JOBS {
+            m.record(job, true, Duration::ZERO);
         }
         let s = m.snapshot();
-        assert_eq!(s.per_op.len(), all.len(), "each kind counted in a slot of its own");
-        assert_eq!(OPS.len(), all.len() + 9, "plus the nine internal job names");
-        assert_eq!(m.other.count.load(Relaxed), 0, "no kind fell into the catch-all");
+        assert_eq!(s.per_op.len(), COUNTED, "each name counted in a slot of its own");
+        assert!(s.per_op.iter().all(|o| o.count == 1));
+        assert_eq!(m.other.count.load(Relaxed), 0, "nothing fell into the catch-all");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Everything the daemon and its clients must agree on lives here, and nothing else:
 //! the [messages](message) a client may send and the daemon may answer, the stable
-//! [error codes](error), [secret buffers](secret) that wipe themselves, and the
+//! [error codes](error), the [operation table](ops) (each request's name, class and
+//! target), [secret buffers](secret) that wipe themselves, and the
 //! [framing](codec) that carries them over a byte stream.
 //!
 //! # On the wire
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod error;
 pub mod kek;
 pub mod message;
+pub mod ops;
 pub mod paths;
 pub mod secret;
 
@@ -31,6 +33,7 @@ pub use message::{
     HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
     OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
 };
+pub use ops::{Op, OpClass, Target};
 pub use secret::SecretBytes;
 
 /// The protocol version this crate speaks, sent in [`Request::Hello`].

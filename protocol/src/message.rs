@@ -315,39 +315,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// A short stable name for the operation, for metrics and logs.
-    pub fn op_name(&self) -> &'static str {
-        match self {
-            Request::Hello { .. } => "hello",
-            Request::Ping => "ping",
-            Request::GenerateRandom { .. } => "generate_random",
-            Request::GenerateKey { .. } => "generate_key",
-            Request::GenerateKeyWithAttributes { .. } => "generate_key_with_attributes",
-            Request::ListKeys => "list_keys",
-            Request::Encrypt { .. } => "encrypt",
-            Request::Decrypt { .. } => "decrypt",
-            Request::DestroyKey { .. } => "destroy_key",
-            Request::SupportsKeyBackup => "supports_key_backup",
-            Request::HealthCheck => "health_check",
-            Request::GetMetrics => "get_metrics",
-            Request::Batch(_) => "batch",
-            Request::BackupKey { .. } => "backup_key",
-            Request::RestoreKey { .. } => "restore_key",
-            Request::GenerateKek { .. } => "generate_kek",
-            Request::ListKeks => "list_keks",
-            Request::DeriveDataKey { .. } => "derive_data_key",
-            Request::GenerateDataKey { .. } => "generate_data_key",
-            Request::UnwrapDataKey { .. } => "unwrap_data_key",
-            Request::EnvelopeEncrypt { .. } => "envelope_encrypt",
-            Request::EnvelopeDecrypt { .. } => "envelope_decrypt",
-            Request::Rewrap { .. } => "rewrap",
-            Request::Rotation { .. } => "rotation",
-            Request::RetireKekVersion { .. } => "retire_kek_version",
-        }
-    }
-}
-
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
