@@ -212,3 +212,34 @@ async fn sigterm_finishes_in_flight_requests_and_removes_the_socket() {
     assert!(status.success(), "{status:?}");
     assert!(!d.socket.exists(), "socket file removed on shutdown");
 }
+
+/// The blocking client offers every key-manager call the async one does.
+#[test]
+fn blocking_client_covers_the_key_manager() {
+    let d = Daemon::start();
+    let c = BlockingClient::connect(&d.socket).expect("connect");
+    assert_eq!(c.socket_path(), d.socket.as_path());
+    assert_eq!(c.server_info().expect("info").backend, "soft");
+    assert_eq!(c.generate_kek("bk").expect("kek").active_version, 1);
+    assert!(c.list_keks().expect("keks").iter().any(|k| k.name == "bk"));
+    let a = c.derive_data_key("bk", b"ctx", 32).expect("derive");
+    let b = c.derive_data_key("bk", b"ctx", 32).expect("derive again");
+    assert_eq!(a.dek.expose(), b.dek.expose(), "deterministic for one version and context");
+    let fresh = c.generate_data_key("bk").expect("generate");
+    let wrapped = fresh.wrapped.clone().expect("wrapped");
+    assert_eq!(c.unwrap_data_key(&wrapped).expect("unwrap").dek.expose(), fresh.dek.expose());
+    let ct = c.encrypt_with_context("bk", b"ctx", b"blocking", Some(b"aad")).expect("seal");
+    assert_eq!(c.prepare_rotation("bk").expect("prepare").pending_version, Some(2));
+    c.validate_rotation("bk").expect("validate");
+    assert_eq!(c.commit_rotation("bk").expect("commit").active_version, 2);
+    let moved = c.rewrap(b"ctx", &ct, Some(b"aad")).expect("rewrap");
+    assert_eq!(
+        c.decrypt_with_context(b"ctx", &moved, Some(b"aad")).expect("open").expose(),
+        b"blocking"
+    );
+    c.retire_kek_version("bk", 1, false).expect("retire v1");
+    assert!(c.decrypt_with_context(b"ctx", &ct, Some(b"aad")).is_err(), "v1 retired");
+    c.prepare_rotation("bk").expect("prepare v3");
+    let info = c.rollback_rotation("bk").expect("rollback");
+    assert_eq!((info.active_version, info.pending_version), (2, None));
+}

@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use harpocrates_protocol::{
-    HealthStatus, KeyAttributes, KeyInfo, MetricsSnapshot, Request, Response, SecretBytes,
+    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, Request, Response,
+    RotationStep, SecretBytes,
 };
 
 use crate::batch::BatchBuilder;
 use crate::client::Client;
-use crate::connection::ClientOptions;
+use crate::connection::{ClientOptions, ServerInfo};
 use crate::error::{Error, Result};
 
 /// A synchronous client. It owns a small runtime (one worker thread) that drives the
@@ -52,6 +53,97 @@ impl BlockingClient {
             .map_err(|e| Error::connect(path.as_ref(), &e))?;
         let client = runtime.block_on(Client::connect_with(path, options))?;
         Ok(Self { runtime, client })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket_path(&self) -> &Path {
+        self.client.socket_path()
+    }
+
+    /// See [`Client::server_info`].
+    pub fn server_info(&self) -> Result<ServerInfo> {
+        self.runtime.block_on(self.client.server_info())
+    }
+
+    /// See [`Client::generate_kek`].
+    pub fn generate_kek(&self, name: &str) -> Result<KekInfo> {
+        self.runtime.block_on(self.client.generate_kek(name))
+    }
+
+    /// See [`Client::list_keks`].
+    pub fn list_keks(&self) -> Result<Vec<KekInfo>> {
+        self.runtime.block_on(self.client.list_keks())
+    }
+
+    /// See [`Client::derive_data_key`].
+    pub fn derive_data_key(&self, kek: &str, context: &[u8], len: u32) -> Result<DataKey> {
+        self.runtime.block_on(self.client.derive_data_key(kek, context, len))
+    }
+
+    /// See [`Client::generate_data_key`].
+    pub fn generate_data_key(&self, kek: &str) -> Result<DataKey> {
+        self.runtime.block_on(self.client.generate_data_key(kek))
+    }
+
+    /// See [`Client::unwrap_data_key`].
+    pub fn unwrap_data_key(&self, wrapped: &[u8]) -> Result<DataKey> {
+        self.runtime.block_on(self.client.unwrap_data_key(wrapped))
+    }
+
+    /// See [`Client::encrypt_with_context`].
+    pub fn encrypt_with_context(
+        &self,
+        kek: &str,
+        context: &[u8],
+        plaintext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.client.encrypt_with_context(kek, context, plaintext, aad))
+    }
+
+    /// See [`Client::decrypt_with_context`].
+    pub fn decrypt_with_context(
+        &self,
+        context: &[u8],
+        ciphertext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<SecretBytes> {
+        self.runtime.block_on(self.client.decrypt_with_context(context, ciphertext, aad))
+    }
+
+    /// See [`Client::rewrap`].
+    pub fn rewrap(&self, context: &[u8], ciphertext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.client.rewrap(context, ciphertext, aad))
+    }
+
+    /// See [`Client::rotate`].
+    pub fn rotate(&self, kek: &str, step: RotationStep) -> Result<KekInfo> {
+        self.runtime.block_on(self.client.rotate(kek, step))
+    }
+
+    /// See [`Client::prepare_rotation`].
+    pub fn prepare_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Prepare)
+    }
+
+    /// See [`Client::validate_rotation`].
+    pub fn validate_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Validate)
+    }
+
+    /// See [`Client::commit_rotation`].
+    pub fn commit_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Commit)
+    }
+
+    /// See [`Client::rollback_rotation`].
+    pub fn rollback_rotation(&self, kek: &str) -> Result<KekInfo> {
+        self.rotate(kek, RotationStep::Rollback)
+    }
+
+    /// See [`Client::retire_kek_version`].
+    pub fn retire_kek_version(&self, kek: &str, version: u32, destroy: bool) -> Result<KekInfo> {
+        self.runtime.block_on(self.client.retire_kek_version(kek, version, destroy))
     }
 
     /// The async client inside, for mixing styles.
