@@ -17,6 +17,7 @@
 pub mod actors;
 pub mod backend;
 pub mod config;
+pub mod formats;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Key backups (`keys::backup`) are handed to `RestoreKey` by clients. The header carries
+//! Key backups (`formats::backup`) are handed to `RestoreKey` by clients. The header carries
 //! Argon2id costs that are read before the MAC can be checked, so the parser must refuse
 //! costs above its restore ceiling before deriving anything, and never panic.
 //!
@@ -9,9 +9,8 @@
 
 #![no_main]
 
-use harpocrates_daemon::backend::BackendError;
-use harpocrates_daemon::keys::backup::{self, Sealer};
-use harpocrates_daemon::keys::kdf::KdfParams;
+use harpocrates_daemon::formats::backup::{self, BackupError, Sealer};
+use harpocrates_daemon::formats::kdf::KdfParams;
 use harpocrates_protocol::KeyAttributes;
 use libfuzzer_sys::fuzz_target;
 
@@ -35,10 +34,7 @@ fn open_untrusted(data: &[u8]) {
             && kdf.parallelism <= RESTORE_MAX.parallelism;
         if !accepted {
             let r = backup::open(data, PASSWORD);
-            assert!(
-                matches!(r, Err(BackendError::InvalidArgument(_))),
-                "costs {kdf:?} let through"
-            );
+            assert!(matches!(r, Err(BackupError::Invalid(_))), "costs {kdf:?} let through");
             return;
         }
         if kdf.memory_kib > 256 || kdf.iterations > 2 {
@@ -81,7 +77,7 @@ fn round_trip(data: &[u8]) {
                 .expect("own wrap unwraps");
             assert_eq!(value.as_slice(), key);
         }
-        Err(BackendError::Unsupported(_)) => {
+        Err(BackupError::Unsupported(_)) => {
             assert!(!matches!(want_size, 128 | 192 | 256), "size {want_size} refused")
         }
         Err(e) => panic!("own backup refused: {e}"),

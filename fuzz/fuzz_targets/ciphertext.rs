@@ -1,4 +1,4 @@
-//! The self-describing ciphertext of `Encrypt`/`Decrypt` (`keys::ciphertext`) arrives from
+//! The self-describing ciphertext of `Encrypt`/`Decrypt` (`formats::ciphertext`) arrives from
 //! clients and goes to the token. The parser must accept exactly what `begin` writes, and
 //! the soft token's AES-GCM on top of it must refuse anything it did not seal without
 //! panicking (its tag split is plain slice arithmetic).
@@ -6,7 +6,7 @@
 #![no_main]
 
 use harpocrates_daemon::backend::soft::cipher::GcmKey;
-use harpocrates_daemon::keys::ciphertext::{self, FormatError, HEADER_V1_AES_GCM, OVERHEAD};
+use harpocrates_daemon::formats::ciphertext::{self, FormatError, HEADER_V1_AES_GCM, OVERHEAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use harpocrates_daemon::backend::soft::cipher::GcmKey;
-use harpocrates_daemon::keys::ciphertext::OVERHEAD;
+use harpocrates_daemon::formats::ciphertext::OVERHEAD;
 use harpocrates_daemon::keys::manager::parse_wrapped;
 use harpocrates_daemon::keys::name::validate_label;
 use libfuzzer_sys::fuzz_target;

@@ -10,9 +10,10 @@ use bytes::BytesMut;
 use harpocrates_daemon::backend::soft::cipher::GcmKey;
 use harpocrates_daemon::config::Settings;
 use harpocrates_daemon::config::raw::RawConfig;
-use harpocrates_daemon::keys::backup::{self, Sealer};
-use harpocrates_daemon::keys::kdf::KdfParams;
-use harpocrates_daemon::keys::{ciphertext, envelope};
+use harpocrates_daemon::formats::backup::{self, Sealer};
+use harpocrates_daemon::formats::ciphertext;
+use harpocrates_daemon::formats::kdf::KdfParams;
+use harpocrates_daemon::keys::envelope;
 use harpocrates_protocol::{
     ErrorCode, KekId, KeyAttributes, MessageCodec, Request, RequestFrame, Response, ResponseFrame,
     WireError,

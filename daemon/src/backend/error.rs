@@ -100,3 +100,15 @@ impl From<BackendError> for WireError {
         WireError::new(e.code(), e.to_string())
     }
 }
+
+impl From<crate::formats::backup::BackupError> for BackendError {
+    fn from(e: crate::formats::backup::BackupError) -> Self {
+        use crate::formats::backup::BackupError;
+        match e {
+            BackupError::Invalid(m) => BackendError::InvalidArgument(m),
+            BackupError::IntegrityCheckFailed => BackendError::IntegrityCheckFailed,
+            BackupError::Unsupported(m) => BackendError::Unsupported(m),
+            BackupError::Failed(m) => BackendError::Failed(m),
+        }
+    }
+}

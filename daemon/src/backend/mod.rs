@@ -110,7 +110,7 @@ pub trait BackendSession: Send {
     /// Every key on the token.
     fn list_keys(&mut self) -> BackendResult<Vec<KeyInfo>>;
 
-    /// AES-GCM encryption; returns a [self-describing ciphertext](crate::keys::ciphertext).
+    /// AES-GCM encryption; returns a [self-describing ciphertext](crate::formats::ciphertext).
     fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>>;
 
     /// Reverses [`encrypt`](Self::encrypt).
@@ -122,7 +122,7 @@ pub trait BackendSession: Send {
     /// A cheap call that proves the token answers.
     fn probe(&mut self) -> BackendResult<()>;
 
-    /// Exports an extractable key as a password-protected [backup](crate::keys::backup).
+    /// Exports an extractable key as a password-protected [backup](crate::formats::backup).
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
         let _ = (label, password);
         Err(BackendError::Unsupported("this backend cannot back up keys".into()))
@@ -197,7 +197,7 @@ pub trait BackendSession: Send {
         Ok(SwapOutcome::Swapped)
     }
 
-    /// Imports a [backup](crate::keys::backup) as a new key named `label`.
+    /// Imports a [backup](crate::formats::backup) as a new key named `label`.
     fn restore_key(
         &mut self,
         label: &str,

@@ -17,10 +17,11 @@ use harpocrates_protocol::{
 use zeroize::Zeroizing;
 
 use super::dek::{DekCache, DekId, Purpose};
+use super::envelope;
 use super::kek::{self, KekState};
-use super::{ciphertext, envelope};
 use crate::actors::session::pool::SessionPool;
 use crate::backend::{BackendError, key_ref};
+use crate::formats::ciphertext;
 
 /// How often a ciphertext naming an unknown version may force a state re-read.
 const FORCED_REFRESH: Duration = Duration::from_millis(100);

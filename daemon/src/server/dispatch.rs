@@ -23,7 +23,7 @@ use actix::Addr;
 
 use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
 use crate::actors::session::pool::{Lane, SessionPool};
-use crate::keys::backup::MAX_BACKUP_LEN;
+use crate::formats::backup::MAX_BACKUP_LEN;
 use crate::keys::manager::{EnvelopeOp, KeyManager};
 use crate::keys::name::validate_label;
 use crate::metrics::Metrics;

@@ -19,9 +19,9 @@ use super::{CachedKey, Shared, login, read, write};
 use crate::backend::{
     BackendError, BackendResult, BackendSession, KekKeyKind, SwapOutcome, split_key_ref,
 };
-use crate::keys::backup;
-use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
-use crate::keys::kdf::KdfParams;
+use crate::formats::backup;
+use crate::formats::ciphertext::{self, IV_LEN, TAG_LEN};
+use crate::formats::kdf::KdfParams;
 
 /// `CKA_APPLICATION` of the data objects the daemon keeps in the token.
 const DATA_APPLICATION: &[u8] = b"harpocrates";
@@ -463,7 +463,7 @@ impl BackendSession for Pkcs11Session {
                 s.wrap_key(&Mechanism::AesKeyWrapPad, kek, k.handle)
             })
         })?;
-        sealer.finish(&key.info.attributes, &wrapped)
+        Ok(sealer.finish(&key.info.attributes, &wrapped)?)
     }
 
     fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {

@@ -1,4 +1,4 @@
-//! AES-GCM under a soft-token key, in the [ciphertext format](crate::keys::ciphertext).
+//! AES-GCM under a soft-token key, in the [ciphertext format](crate::formats::ciphertext).
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aes::Aes192;
@@ -6,7 +6,7 @@ use aes_gcm::{AeadInOut, Aes128Gcm, Aes256Gcm, AesGcm, KeyInit, Nonce, Tag};
 use zeroize::Zeroizing;
 
 use crate::backend::BackendError;
-use crate::keys::ciphertext::{self, IV_LEN, TAG_LEN};
+use crate::formats::ciphertext::{self, IV_LEN, TAG_LEN};
 
 type Aes192Gcm = AesGcm<Aes192, U12>;
 

@@ -18,7 +18,7 @@ use self::store::{Contents, KdfParams, KeyStoreFile, StoreError, StoredKey};
 use super::{
     Backend, BackendError, BackendResult, BackendSession, KekKeyKind, SwapOutcome, split_key_ref,
 };
-use crate::keys::backup;
+use crate::formats::backup;
 
 /// Where and how the soft token keeps its keys.
 #[derive(Debug, Clone)]
@@ -223,7 +223,7 @@ impl BackendSession for SoftSession {
         }
         let sealer = backup::Sealer::new(password, KdfParams::default())?;
         let wrapped = backup::kwp_wrap(sealer.keys().wrapping_key(), k.stored.material.expose())?;
-        sealer.finish(&k.stored.attributes, &wrapped)
+        Ok(sealer.finish(&k.stored.attributes, &wrapped)?)
     }
 
     fn restore_key(&mut self, label: &str, blob: &[u8], password: &[u8]) -> BackendResult<KeyInfo> {

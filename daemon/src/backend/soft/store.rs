@@ -24,7 +24,7 @@ use harpocrates_protocol::{KeyAlgorithm, KeyAttributes, SecretBytes};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use crate::keys::kdf::KdfParams;
+pub use crate::formats::kdf::KdfParams;
 
 const MAGIC: &[u8; 8] = b"HARPSOFT";
 /// Format 2 added key algorithms and data objects; format 1 stores are still read.

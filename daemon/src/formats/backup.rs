@@ -22,8 +22,25 @@ use harpocrates_protocol::KeyAttributes;
 use hmac::{KeyInit, Mac};
 use zeroize::Zeroizing;
 
-use crate::backend::BackendError;
-use crate::keys::kdf::KdfParams;
+use crate::formats::kdf::KdfParams;
+
+/// Why a backup could not be made or opened. Messages never carry key material or the
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The input is not a backup we can read, or an argument is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Wrong password or tampered backup.
+    #[error("wrong password or tampered backup")]
+    IntegrityCheckFailed,
+    /// A backup of a kind this version cannot restore.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Randomness or key wrapping failed.
+    #[error("{0}")]
+    Failed(String),
+}
 
 const MAGIC: &[u8; 8] = b"HARPBKUP";
 const VERSION: u8 = 1;
@@ -51,9 +68,9 @@ pub struct BackupKeys {
 }
 
 impl BackupKeys {
-    fn derive(password: &[u8], salt: &[u8], kdf: KdfParams) -> Result<Self, BackendError> {
+    fn derive(password: &[u8], salt: &[u8], kdf: KdfParams) -> Result<Self, BackupError> {
         let mut both = Zeroizing::new([0u8; 64]);
-        kdf.derive(password, salt, both.as_mut_slice()).map_err(BackendError::InvalidArgument)?;
+        kdf.derive(password, salt, both.as_mut_slice()).map_err(BackupError::Invalid)?;
         let mut keys = Self { wrap: Zeroizing::new([0; 32]), mac: Zeroizing::new([0; 32]) };
         keys.wrap.copy_from_slice(&both[..32]);
         keys.mac.copy_from_slice(&both[32..]);
@@ -73,9 +90,9 @@ impl BackupKeys {
     }
 }
 
-fn check_password(password: &[u8]) -> Result<(), BackendError> {
+fn check_password(password: &[u8]) -> Result<(), BackupError> {
     if password.len() < MIN_PASSWORD_LEN {
-        return Err(BackendError::InvalidArgument(format!(
+        return Err(BackupError::Invalid(format!(
             "backup passwords need at least {MIN_PASSWORD_LEN} bytes"
         )));
     }
@@ -99,11 +116,11 @@ pub struct Sealer {
 
 impl Sealer {
     /// Starts a backup under `password`.
-    pub fn new(password: &[u8], kdf: KdfParams) -> Result<Self, BackendError> {
+    pub fn new(password: &[u8], kdf: KdfParams) -> Result<Self, BackupError> {
         check_password(password)?;
         let mut salt = [0u8; SALT_LEN];
         getrandom::fill(&mut salt)
-            .map_err(|e| BackendError::Failed(format!("no randomness: {e}")))?;
+            .map_err(|e| BackupError::Failed(format!("no randomness: {e}")))?;
         let keys = BackupKeys::derive(password, &salt, kdf)?;
         Ok(Self { kdf, salt, keys })
     }
@@ -120,13 +137,13 @@ impl Sealer {
         self,
         attributes: &KeyAttributes,
         wrapped: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
+    ) -> Result<Vec<u8>, BackupError> {
         let mut attributes = *attributes;
         if attributes.size_bits == 0 {
             attributes.size_bits = u32::try_from(wrapped.len().saturating_sub(8) * 8).unwrap_or(0);
         }
         let len = u16::try_from(wrapped.len())
-            .map_err(|_| BackendError::Failed("wrapped key too long".into()))?;
+            .map_err(|_| BackupError::Failed("wrapped key too long".into()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + wrapped.len() + MAC_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -157,9 +174,9 @@ pub struct Opened {
 
 /// Parses a backup and checks its MAC with `password`. A wrong password and a tampered
 /// backup look the same: `IntegrityCheckFailed`.
-pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackendError> {
+pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackupError> {
     check_password(password)?;
-    let bad = |why: &str| BackendError::InvalidArgument(format!("not a key backup: {why}"));
+    let bad = |why: &str| BackupError::Invalid(format!("not a key backup: {why}"));
     if blob.len() > MAX_BACKUP_LEN {
         return Err(bad("too long"));
     }
@@ -188,9 +205,9 @@ pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackendError> {
     }
     let (body, tag) = blob.split_at(blob.len() - MAC_LEN);
     let keys = BackupKeys::derive(password, salt, kdf)?;
-    keys.mac(body).verify_slice(tag).map_err(|_| BackendError::IntegrityCheckFailed)?;
+    keys.mac(body).verify_slice(tag).map_err(|_| BackupError::IntegrityCheckFailed)?;
     if alg != ALG_AES || !matches!(size_bits, 128 | 192 | 256) {
-        return Err(BackendError::Unsupported(format!(
+        return Err(BackupError::Unsupported(format!(
             "restoring a backup of algorithm {alg}, {size_bits} bits"
         )));
     }
@@ -207,25 +224,24 @@ pub fn open(blob: &[u8], password: &[u8]) -> Result<Opened, BackendError> {
 }
 
 /// RFC 5649 key wrap with padding in memory (the soft token; PKCS#11 tokens do it inside).
-pub fn kwp_wrap(kek: &[u8; 32], key: &[u8]) -> Result<Vec<u8>, BackendError> {
+pub fn kwp_wrap(kek: &[u8; 32], key: &[u8]) -> Result<Vec<u8>, BackupError> {
     let kwp = aes_kw::KwpAes256::new_from_slice(kek)
-        .map_err(|_| BackendError::Failed("bad KEK".into()))?;
+        .map_err(|_| BackupError::Failed("bad KEK".into()))?;
     let mut buf = vec![0u8; key.len().div_ceil(8) * 8 + 8];
     let n = kwp
         .wrap_key(key, &mut buf)
-        .map_err(|e| BackendError::Failed(format!("key wrap: {e:?}")))?
+        .map_err(|e| BackupError::Failed(format!("key wrap: {e:?}")))?
         .len();
     buf.truncate(n);
     Ok(buf)
 }
 
 /// Reverses [`kwp_wrap`].
-pub fn kwp_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+pub fn kwp_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let kwp = aes_kw::KwpAes256::new_from_slice(kek)
-        .map_err(|_| BackendError::Failed("bad KEK".into()))?;
+        .map_err(|_| BackupError::Failed("bad KEK".into()))?;
     let mut buf = Zeroizing::new(vec![0u8; wrapped.len()]);
-    let n =
-        kwp.unwrap_key(wrapped, &mut buf).map_err(|_| BackendError::IntegrityCheckFailed)?.len();
+    let n = kwp.unwrap_key(wrapped, &mut buf).map_err(|_| BackupError::IntegrityCheckFailed)?.len();
     buf.truncate(n);
     Ok(buf)
 }
@@ -233,7 +249,7 @@ pub fn kwp_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::hex;
+    use crate::formats::hex;
 
     fn fast() -> KdfParams {
         KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
@@ -278,17 +294,14 @@ mod tests {
     #[test]
     fn wrong_password_and_every_tampered_byte_are_refused() {
         let blob = sample();
-        assert!(matches!(open(&blob, b"wrong horse"), Err(BackendError::IntegrityCheckFailed)));
+        assert!(matches!(open(&blob, b"wrong horse"), Err(BackupError::IntegrityCheckFailed)));
         for i in 0..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 1;
             assert!(open(&bad, b"correct horse").is_err(), "flip at byte {i} accepted");
         }
-        assert!(matches!(
-            open(&blob[..20], b"correct horse"),
-            Err(BackendError::InvalidArgument(_))
-        ));
-        assert!(matches!(open(&blob, b"short"), Err(BackendError::InvalidArgument(_))));
+        assert!(matches!(open(&blob[..20], b"correct horse"), Err(BackupError::Invalid(_))));
+        assert!(matches!(open(&blob, b"short"), Err(BackupError::Invalid(_))));
     }
 
     /// The published RFC 5649 §6 vectors (192-bit KEK), through the same crate.
