@@ -290,3 +290,46 @@ fn expensive_work_does_not_starve_cheap_work() {
     // Debug build on 2 shared cores: a generous bound; the benchmark reports the real p99.
     assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
 }
+
+#[test]
+fn a_client_that_stops_reading_answers_is_closed() {
+    let d = Daemon::start_with("idle_timeout = \"2s\"");
+    let setup = BlockingClient::connect(&d.socket).expect("connect");
+    setup.generate_key("k", 256).expect("keygen");
+    let mut s = greeted(&d.socket);
+    let mut w = s.try_clone().expect("clone");
+    // Answers of 1 MiB pile up unread until the socket buffers and the writer are full.
+    let writer = std::thread::spawn(move || {
+        w.set_write_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let payload = vec![1u8; 1 << 20];
+        for id in 2..200u64 {
+            let req =
+                Request::Encrypt { key: "k".into(), plaintext: payload.clone().into(), aad: None };
+            if w.write_all(&frame(id, req)).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = writer.join();
+    // Draining now finds the end of the stream: the daemon gave up on this client.
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut closed = false;
+    for _ in 0..10_000 {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a connection whose answers nobody reads is closed after idle_timeout");
+    setup.ping().expect("others are served");
+}

@@ -8,7 +8,8 @@
 //!   data per connection (plus the daemon-wide byte budget): past either, the reader
 //!   stops reading, which pushes back on the client through the socket;
 //! * a started frame must complete within `frame_timeout`;
-//! * a connection with nothing in flight is closed after `idle_timeout`.
+//! * a connection with nothing in flight is closed after `idle_timeout`, and so is one
+//!   whose client has read nothing of its answers for that long.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -121,6 +122,7 @@ pub async fn serve(
             sink
         },
         rx,
+        limits.idle_timeout,
     ));
 
     let backend = router.backend_name();
@@ -214,12 +216,15 @@ async fn read_requests(
     let activity = Activity::new();
     let lanes = Rc::new(ConnectionLanes::default());
     loop {
+        // The writer gave up on a client that stopped reading: stop reading it too.
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = tx.closed() => return,
             () = shutdown.cancelled() => return,
         };
         let started = tokio::select! {
             r = reader.wait_for_frame() => r,
+            () = tx.closed() => return,
             () = activity.idle_for(limits.idle_timeout) => {
                 tracing::debug!(idle = ?limits.idle_timeout, "closing an idle connection");
                 return;
@@ -289,16 +294,23 @@ fn undecodable(id: Option<u64>, reason: &str) -> ResponseFrame {
 
 /// Writes answers as they come, flushing once per burst. A request's charge is given
 /// back once its answer is in the write buffer (which itself is bounded by
-/// [`WRITE_BUFFER`](harpocrates_protocol::WRITE_BUFFER) plus one frame).
+/// [`WRITE_BUFFER`](harpocrates_protocol::WRITE_BUFFER) plus one frame). A peer that
+/// reads nothing for `stall` loses the connection: it would otherwise hold its byte
+/// budget for ever.
 async fn write_responses(
     mut sink: FramedWrite<OwnedWriteHalf, Codec>,
     mut rx: mpsc::Receiver<Outgoing>,
+    stall: Duration,
 ) {
     let mut ready = Vec::with_capacity(64);
     while rx.recv_many(&mut ready, 256).await > 0 {
         for (frame, charge) in ready.drain(..) {
             let id = frame.id;
-            match sink.feed(frame).await {
+            let Ok(fed) = tokio::time::timeout(stall, sink.feed(frame)).await else {
+                tracing::debug!(stall = ?stall, "the client stopped reading; closing");
+                return;
+            };
+            match fed {
                 Ok(()) => {}
                 Err(FrameError::TooLarge { len, max }) => {
                     let err = WireError::new(
@@ -315,8 +327,13 @@ async fn write_responses(
             }
             drop(charge);
         }
-        if sink.flush().await.is_err() {
-            return;
+        match tokio::time::timeout(stall, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(stall = ?stall, "the client stopped reading; closing");
+                return;
+            }
         }
     }
 }

@@ -201,12 +201,14 @@ fn attach(
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
             return Err((startup(format!("the user PIN of token '{label}' is locked")), false));
         }
+        // SoftHSM2 answers this too while another process rewrites the token file during
+        // its own login (two daemons starting at once): worth another look.
         Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) => {
             return Err((
                 startup(format!(
                     "token '{label}' has no user PIN set (initialise the token first)"
                 )),
-                false,
+                true,
             ));
         }
         Err(other) => {
@@ -246,7 +248,11 @@ pub(crate) fn login(shared: &Shared, session: &cryptoki::session::Session) -> Re
             // SoftHSM2 rewrites its token file (the PIN-count flags) on every login, and a
             // login that reads it while another process rewrites it answers GENERAL_ERROR:
             // a moment later it succeeds.
-            Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < LOGIN_ATTEMPTS => {
+            // USER_PIN_NOT_INITIALIZED is what the same race answers when the token file is
+            // caught half-written.
+            Err(CkError::Pkcs11(RvError::GeneralError | RvError::UserPinNotInitialized, _))
+                if attempt < LOGIN_ATTEMPTS =>
+            {
                 std::thread::sleep(delay);
                 (attempt, delay) = (attempt + 1, delay * 2);
             }
