@@ -48,10 +48,6 @@ pub const MAX_OPS_PER_UNIT: usize = 64;
 /// Password-KDF operations one connection may have running or queued at once.
 pub const MAX_KDF_PER_CONNECTION: usize = 4;
 
-/// A lone envelope payload this large goes through the batch path, which seals it on a
-/// crypto thread instead of the I/O thread.
-const LARGE_ENVELOPE: usize = 256 * 1024;
-
 /// Where one request is answered.
 enum Place {
     Here(WireResult),
@@ -132,19 +128,12 @@ impl Router {
             Request::UnwrapDataKey { wrapped } => {
                 km.unwrap_data_key(&wrapped).await.map(Response::DataKey)
             }
-            Request::EnvelopeEncrypt { kek, context, plaintext, aad } => km
-                .envelope_encrypt(
-                    &kek,
-                    &context,
-                    plaintext.expose(),
-                    aad.as_deref().unwrap_or_default(),
-                )
-                .await
-                .map(Response::Ciphertext),
-            Request::EnvelopeDecrypt { context, ciphertext, aad } => km
-                .envelope_decrypt(&context, &ciphertext, aad.as_deref().unwrap_or_default())
-                .await
-                .map(|p| Response::Plaintext(p.into())),
+            // Through the batch path even alone: it seals a large payload on a crypto thread
+            // instead of the I/O thread.
+            r @ (Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. }) => {
+                let ops = envelope_op(r).map(|op| (0, op)).into_iter().collect();
+                km.envelope_batch(ops).await.pop().map_or_else(lost, |(_, r)| r)
+            }
             Request::Rewrap { context, ciphertext, aad } => km
                 .rewrap(&context, &ciphertext, aad.as_deref().unwrap_or_default())
                 .await
@@ -188,18 +177,6 @@ impl Router {
                     .await
                     .pop()
                     .map_or_else(lost, |r| r.1),
-                Place::Keys if is_large_envelope(&single) => {
-                    let op = envelope_op(single);
-                    let name = op.as_ref().map_or("envelope", |(_, op)| op_label(op));
-                    let result = self
-                        .keys
-                        .envelope_batch(op.into_iter().collect())
-                        .await
-                        .pop()
-                        .map_or_else(lost, |r| r.1);
-                    self.metrics.record(name, result.is_ok(), started.elapsed());
-                    result
-                }
                 Place::Keys => self.key_manager(single).await,
             },
         }
@@ -243,10 +220,8 @@ impl Router {
             for_keys.into_iter().partition(|(_, r)| {
                 matches!(r, Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. })
             });
-        let envelope_ops: Vec<(usize, EnvelopeOp)> = envelopes
-            .into_iter()
-            .filter_map(|(i, r)| envelope_op(r).map(|(_, op)| (i, op)))
-            .collect();
+        let envelope_ops: Vec<(usize, EnvelopeOp)> =
+            envelopes.into_iter().filter_map(|(i, r)| envelope_op(r).map(|op| (i, op))).collect();
         let envelope_names: std::collections::HashMap<usize, &'static str> =
             envelope_ops.iter().map(|(i, op)| (*i, op_label(op))).collect();
         let keyed = async {
@@ -423,13 +398,13 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
 }
 
 /// The envelope operation inside `request`, if it is one.
-fn envelope_op(request: Request) -> Option<(usize, EnvelopeOp)> {
+fn envelope_op(request: Request) -> Option<EnvelopeOp> {
     match request {
         Request::EnvelopeEncrypt { kek, context, plaintext, aad } => {
-            Some((0, EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() }))
+            Some(EnvelopeOp::Encrypt { kek, context, plaintext, aad: aad.unwrap_or_default() })
         }
         Request::EnvelopeDecrypt { context, ciphertext, aad } => {
-            Some((0, EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() }))
+            Some(EnvelopeOp::Decrypt { context, ciphertext, aad: aad.unwrap_or_default() })
         }
         _ => None,
     }
@@ -437,14 +412,6 @@ fn envelope_op(request: Request) -> Option<(usize, EnvelopeOp)> {
 
 fn op_label(op: &EnvelopeOp) -> &'static str {
     if matches!(op, EnvelopeOp::Encrypt { .. }) { "envelope_encrypt" } else { "envelope_decrypt" }
-}
-
-fn is_large_envelope(request: &Request) -> bool {
-    match request {
-        Request::EnvelopeEncrypt { plaintext, .. } => plaintext.expose().len() >= LARGE_ENVELOPE,
-        Request::EnvelopeDecrypt { ciphertext, .. } => ciphertext.len() >= LARGE_ENVELOPE,
-        _ => false,
-    }
 }
 
 fn lost() -> WireResult {
