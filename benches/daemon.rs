@@ -16,8 +16,7 @@ use harpocrates::client::Client;
 use harpocrates_daemon::backend::soft::store::KdfParams;
 use harpocrates_daemon::backend::soft::{SoftConfig, SoftToken};
 use harpocrates_daemon::backend::{Backend, BackendSession};
-use harpocrates_daemon::config::{RawConfig, Settings, raw::RawSoft};
-use harpocrates_daemon::server::{self, RunningDaemon};
+use harpocrates_daemon::server::RunningDaemon;
 use zeroize::Zeroizing;
 
 const IN_FLIGHT: usize = 256;
@@ -35,27 +34,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(dir.path().join("pin"), "bench-pin").expect("pin");
-        std::fs::set_permissions(dir.path().join("pin"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
-    }
-    let raw = RawConfig {
-        socket_path: Some(dir.path().join("bench.sock")),
-        pin_file: Some(dir.path().join("pin")),
-        log_level: Some("warn".into()),
-        soft: Some(RawSoft {
-            state_dir: Some(dir.path().join("daemon-state")),
-            kdf_memory_kib: Some(1024),
-            kdf_iterations: Some(1),
-            kdf_parallelism: None,
-        }),
-        ..RawConfig::default()
-    };
-    let settings = Settings::validate(raw).expect("settings");
-    let backend = harpocrates_daemon::startup::open_backend(&settings).expect("backend");
-    let daemon = server::spawn(settings, backend).expect("daemon");
+    let daemon = common::soft_daemon(dir.path());
 
     let direct_token = SoftToken::open(
         &SoftConfig {

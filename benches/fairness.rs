@@ -4,41 +4,21 @@
 //! Rounds alternate (idle, loaded, idle, ...) in one run; the table gives p50/p90/p99/max
 //! of each. Run: `cargo bench --bench fairness`.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harpocrates::client::BlockingClient;
 use harpocrates::protocol::{KeyAttributes, Request};
-use harpocrates_daemon::config::{RawConfig, Settings, raw::RawSoft};
-use harpocrates_daemon::server;
 
 const ROUNDS: usize = 3;
 const ROUND: Duration = Duration::from_secs(4);
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(dir.path().join("pin"), "bench-pin").expect("pin");
-        std::fs::set_permissions(dir.path().join("pin"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
-    }
-    let raw = RawConfig {
-        socket_path: Some(dir.path().join("bench.sock")),
-        pin_file: Some(dir.path().join("pin")),
-        log_level: Some("warn".into()),
-        soft: Some(RawSoft {
-            state_dir: Some(dir.path().join("state")),
-            kdf_memory_kib: Some(1024),
-            kdf_iterations: Some(1),
-            kdf_parallelism: None,
-        }),
-        ..RawConfig::default()
-    };
-    let settings = Settings::validate(raw).expect("settings");
-    let backend = harpocrates_daemon::startup::open_backend(&settings).expect("backend");
-    let daemon = server::spawn(settings, backend).expect("daemon");
+    let daemon = common::soft_daemon(dir.path());
     let socket = daemon.socket_path().to_owned();
 
     let setup = BlockingClient::connect(&socket).expect("connect");

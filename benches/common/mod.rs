@@ -1,10 +1,42 @@
-//! Benchmark groups both bench targets share.
+//! What the bench targets share: the soft-token daemon fixture, the clients, and
+//! benchmark groups. Not every target uses every piece.
+
+#![allow(dead_code)]
 
 use std::path::Path;
+
+use harpocrates_daemon::config::{RawConfig, Settings, raw::RawSoft};
+use harpocrates_daemon::server::{self, RunningDaemon};
 
 use criterion::{Criterion, Throughput};
 use harpocrates::client::{Client, ClientOptions};
 use harpocrates::protocol::Request;
+
+/// Starts an in-process daemon on a soft token in `dir` (socket `bench.sock`, PIN file
+/// `pin`, cheap Argon2id so the fixture starts fast).
+pub fn soft_daemon(dir: &Path) -> RunningDaemon {
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.join("pin"), "bench-pin").expect("pin");
+        std::fs::set_permissions(dir.join("pin"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+    let raw = RawConfig {
+        socket_path: Some(dir.join("bench.sock")),
+        pin_file: Some(dir.join("pin")),
+        log_level: Some("warn".into()),
+        soft: Some(RawSoft {
+            state_dir: Some(dir.join("daemon-state")),
+            kdf_memory_kib: Some(1024),
+            kdf_iterations: Some(1),
+            kdf_parallelism: None,
+        }),
+        ..RawConfig::default()
+    };
+    let settings = Settings::validate(raw).expect("settings");
+    let backend = harpocrates_daemon::startup::open_backend(&settings).expect("backend");
+    server::spawn(settings, backend).expect("daemon")
+}
 
 /// The clients every benchmark drives, on one current-thread runtime.
 pub struct Clients {

@@ -192,6 +192,21 @@ impl SoftSession {
         })?;
         Ok(info)
     }
+
+    /// A fresh random HMAC (generic secret) key of `len` bytes: sensitive, never
+    /// extractable, no cipher use.
+    fn insert_hmac_key(&mut self, label: &str, len: usize) -> BackendResult<KeyInfo> {
+        let attributes = KeyAttributes {
+            size_bits: u32::try_from(len * 8).unwrap_or(0),
+            extractable: false,
+            sensitive: true,
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+        };
+        self.insert(label, KeyAlgorithm::GenericSecret, &attributes, random_bytes(len)?)
+    }
 }
 
 fn random_bytes(len: usize) -> BackendResult<Zeroizing<Vec<u8>>> {
@@ -277,16 +292,7 @@ impl BackendSession for SoftSession {
     }
 
     fn generate_hmac_key(&mut self, label: &str, len: usize) -> BackendResult<()> {
-        let attributes = KeyAttributes {
-            size_bits: u32::try_from(len * 8).unwrap_or(0),
-            extractable: false,
-            sensitive: true,
-            encrypt: false,
-            decrypt: false,
-            wrap: false,
-            unwrap: false,
-        };
-        self.insert(label, KeyAlgorithm::GenericSecret, &attributes, random_bytes(len)?).map(drop)
+        self.insert_hmac_key(label, len).map(drop)
     }
 
     fn hmac_sha256(&mut self, label: &str, data: &[u8]) -> BackendResult<Zeroizing<[u8; 32]>> {
@@ -330,18 +336,7 @@ impl BackendSession for SoftSession {
         }
         let info = match kind {
             KekKeyKind::Aes(attributes) => self.generate_key(label, &attributes)?,
-            KekKeyKind::Hmac(len) => {
-                let attributes = KeyAttributes {
-                    size_bits: u32::try_from(len * 8).unwrap_or(0),
-                    extractable: false,
-                    sensitive: true,
-                    encrypt: false,
-                    decrypt: false,
-                    wrap: false,
-                    unwrap: false,
-                };
-                self.insert(label, KeyAlgorithm::GenericSecret, &attributes, random_bytes(len)?)?
-            }
+            KekKeyKind::Hmac(len) => self.insert_hmac_key(label, len)?,
         };
         Ok(info.id)
     }
