@@ -16,8 +16,10 @@
 //! [`PROTOCOL_VERSION`]; the daemon refuses other versions with
 //! [`ErrorCode::UnsupportedVersion`].
 //!
-//! This crate performs no I/O and no cryptography; it only describes bytes.
+//! This crate performs no I/O; it only describes bytes. Its only cryptography is the
+//! SHA-256 of the [audit chain](audit::chain).
 
+pub mod audit;
 pub mod codec;
 pub mod error;
 pub mod kek;
@@ -26,6 +28,7 @@ pub mod ops;
 pub mod paths;
 pub mod secret;
 
+pub use audit::{AuditEvent, AuditPhase};
 pub use codec::{BodyError, FrameError, MessageCodec, WRITE_BUFFER, bincode_config};
 pub use error::{ErrorCode, WireError};
 pub use kek::{DataKey, KekId, KekInfo, KekVersionInfo, KekVersionState, RotationStep};
