@@ -40,7 +40,8 @@ failed; 66 key not found; 69 daemon or token unavailable; 73 key exists; 75 busy
 76 protocol/version mismatch or unsupported; 77 permission denied (by the daemon, by the \
 socket's permissions, or a daemon running as a uid this client does not trust: see \
 $HARPOCRATES_DAEMON_UID); 78 invalid state (e.g. a rotation step out of order); 124 timed \
-out (see --timeout; the request may or may not have been carried out).";
+out (see --timeout; the request may or may not have been carried out). `audit verify` exits \
+1 when the chain is broken.";
 
 /// A `--timeout` value: `None` is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,37 @@ pub enum Command {
     /// Envelope encryption in the daemon under KEK-derived data keys.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// The daemon's hash-chained audit file: check it, read it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain across FILEs: the active file and its rotated ones, in any
+    /// order (e.g. `audit.log*`). Prints a summary with the chain head (compare it with
+    /// the head the daemon logs), or names the first changed, missing, reordered or
+    /// truncated record and exits 1. Needs no daemon.
+    Verify {
+        /// The audit files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the last audit events, one per line (time, uid, pid, operation, key or
+    /// kek@version, result, latency; the event's JSON with --json).
+    Tail {
+        /// Read this audit file (the daemon's `audit.file`) instead of the daemon's live
+        /// stream.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Keep printing new events as they are written, across rotations (Ctrl-C ends).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the last events to print first.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        lines: usize,
+    },
 }
 
 /// `kek ...`
@@ -301,5 +333,28 @@ mod tests {
         assert_eq!(cli.timeout, Timeout(Some(Duration::from_secs(30))), "the default");
         let cli = Cli::try_parse_from(["harpoctl", "ping", "--timeout", "3s"]).expect("parse");
         assert_eq!(cli.timeout, Timeout(Some(Duration::from_secs(3))), "global flag");
+    }
+
+    #[test]
+    fn audit_commands_parse() {
+        let cli = Cli::try_parse_from(["harpoctl", "audit", "verify", "b", "a"]).expect("parse");
+        assert!(
+            matches!(cli.command, Command::Audit(AuditCommand::Verify { files }) if files.len() == 2)
+        );
+        assert!(Cli::try_parse_from(["harpoctl", "audit", "verify"]).is_err(), "needs a file");
+        let cli = Cli::try_parse_from([
+            "harpoctl", "--json", "audit", "tail", "--file", "f", "-f", "-n", "5",
+        ])
+        .expect("parse");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditCommand::Tail { file: Some(_), follow: true, lines: 5 })
+        ));
+        let cli = Cli::try_parse_from(["harpoctl", "audit", "tail"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditCommand::Tail { file: None, lines: 20, .. })
+        ));
     }
 }

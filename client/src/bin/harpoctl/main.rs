@@ -1,6 +1,7 @@
 //! `harpoctl`: command-line access to harpocratesd, for people (tables) and scripts
 //! (`--json`, exit codes by error kind).
 
+mod audit;
 mod cli;
 mod keymgr;
 mod output;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             out.error("io", &e.to_string());
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }
 
@@ -49,6 +51,8 @@ pub(crate) enum Failure {
     Usage(String),
     Client(Error),
     Io(std::io::Error),
+    /// Already reported on stdout (e.g. a broken audit chain): just this exit code.
+    Exit(u8),
 }
 
 impl From<Error> for Failure {
@@ -116,6 +120,10 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         request_timeout: cli.timeout.0,
         ..ClientOptions::default()
     };
+    if let Command::Audit(cmd) = cli.command {
+        // Files only (the live tail connects by itself).
+        return audit::run(cmd, &socket, options, out).await;
+    }
     let client = Client::connect_with(&socket, options).await?;
     match cli.command {
         Command::Ping => {
@@ -168,6 +176,8 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         Command::Kek(cmd) => keymgr::kek(&client, out, cmd).await?,
         Command::Datakey(cmd) => keymgr::datakey(&client, out, cmd).await?,
         Command::Envelope(cmd) => keymgr::envelope(&client, cmd).await?,
+        // Answered above, from files, before connecting.
+        Command::Audit(_) => {}
         Command::Encrypt(args) => {
             let plaintext = read_stdin()?;
             let ct = client.encrypt(&args.key, &plaintext, aad(&args)).await?;
