@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use harpocrates_daemon::config::{RawConfig, Settings, raw::RawSoft};
+use harpocrates_daemon::config::raw::{RawAudit, RawSoft};
+use harpocrates_daemon::config::{RawConfig, Settings};
 use harpocrates_daemon::server::{self, RunningDaemon};
 
 use criterion::{Criterion, Throughput};
@@ -13,8 +14,14 @@ use harpocrates::client::{Client, ClientOptions};
 use harpocrates::protocol::Request;
 
 /// Starts an in-process daemon on a soft token in `dir` (socket `bench.sock`, PIN file
-/// `pin`, cheap Argon2id so the fixture starts fast).
+/// `pin`, cheap Argon2id so the fixture starts fast), with audit off.
 pub fn soft_daemon(dir: &Path) -> RunningDaemon {
+    soft_daemon_audited(dir, None)
+}
+
+/// [`soft_daemon`], recording every operation to the hash-chained audit file `audit`
+/// when given (journal off, so only the file's cost is measured), else with audit off.
+pub fn soft_daemon_audited(dir: &Path, audit: Option<&Path>) -> RunningDaemon {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(dir.join("pin"), "bench-pin").expect("pin");
@@ -30,6 +37,11 @@ pub fn soft_daemon(dir: &Path) -> RunningDaemon {
             kdf_memory_kib: Some(1024),
             kdf_iterations: Some(1),
             kdf_parallelism: None,
+        }),
+        audit: Some(RawAudit {
+            file: audit.map(Path::to_owned),
+            journal: Some("off".into()),
+            ..RawAudit::default()
         }),
         ..RawConfig::default()
     };

@@ -330,6 +330,23 @@ impl Client {
     pub async fn metrics(&self) -> Result<MetricsSnapshot> {
         expect_response!(self.call(Request::GetMetrics).await?, Response::Metrics(m) => m)
     }
+
+    /// A live stream of the daemon's audit events from now on, on a connection of its
+    /// own (callers granted `admin` only; a refusal is the stream's first item).
+    ///
+    /// ```no_run
+    /// # async fn f(client: harpocrates_client::Client) -> harpocrates_client::Result<()> {
+    /// use futures::StreamExt;
+    /// let mut events = client.audit_events().await?;
+    /// while let Some(event) = events.next().await {
+    ///     let e = event?;
+    ///     println!("{} uid={} {} {:?} {}", e.time, e.uid, e.op, e.key, e.result);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn audit_events(&self) -> Result<crate::audit::AuditStream> {
+        crate::audit::AuditStream::open(&self.inner.path, &self.inner.options).await
+    }
 }
 
 /// Names a response without printing its contents (which may be secret).
@@ -351,6 +368,7 @@ pub(crate) fn describe(response: &Response) -> &'static str {
         Response::Kek(_) => "Kek",
         Response::Keks(_) => "Keks",
         Response::DataKey(_) => "DataKey",
+        Response::AuditEvent(_) => "AuditEvent",
         _ => "a newer response kind",
     }
 }

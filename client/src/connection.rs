@@ -28,7 +28,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use crate::error::{Error, Result};
 use crate::trust;
 
-type Codec = MessageCodec<ResponseFrame, RequestFrame>;
+pub(crate) type Codec = MessageCodec<ResponseFrame, RequestFrame>;
 type Reply = oneshot::Sender<Result<WireResult>>;
 
 /// The default of [`ClientOptions::connect_timeout`]: 5 seconds.
@@ -128,59 +128,11 @@ impl Connection {
     /// it), [`Error::Connect`] when the socket cannot be reached, [`Error::Timeout`] when
     /// the time runs out.
     pub async fn open(path: &Path, options: &ClientOptions) -> Result<Self> {
-        let Some(limit) = options.connect_timeout else {
-            return Self::open_now(path, options).await;
-        };
-        let outcome = tokio::time::timeout(limit, Self::open_now(path, options)).await;
-        outcome.unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "connecting to {} and the handshake took longer than {} (connect_timeout); \
-                 is harpocratesd stopped or overloaded?",
-                path.display(),
-                humantime::format_duration(limit)
-            )))
-        })
+        within_connect_timeout(path, options, Self::open_now(path, options)).await
     }
 
     async fn open_now(path: &Path, options: &ClientOptions) -> Result<Self> {
-        let stream = UnixStream::connect(path).await.map_err(|e| Error::connect(path, &e))?;
-        // Not one byte, the Hello included, before we know who listens.
-        check_peer(&stream, path, options)?;
-        let (read, write) = stream.into_split();
-        let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
-        let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
-        writer.set_backpressure_boundary(harpocrates_protocol::WRITE_BUFFER);
-
-        let hello =
-            Request::Hello { version: PROTOCOL_VERSION, client_name: options.client_name.clone() };
-        // Even if the write fails, read: a daemon that turns us away says why first.
-        let sent = writer.send(RequestFrame { id: 1, request: hello }).await;
-        let info = match reader.next().await {
-            Some(Ok(Ok(ResponseFrame {
-                id: 1,
-                result: Ok(Response::Hello { version, daemon_version, backend, max_frame }),
-            }))) => {
-                if version != PROTOCOL_VERSION {
-                    return Err(Error::UnsupportedVersion(format!(
-                        "the daemon answered with protocol version {version}; this client speaks {PROTOCOL_VERSION}"
-                    )));
-                }
-                ServerInfo { protocol_version: version, daemon_version, backend, max_frame }
-            }
-            Some(Ok(Ok(ResponseFrame { result: Err(e), .. }))) => return Err(e.into()),
-            Some(Ok(Ok(ResponseFrame { id, result: Ok(other) }))) => {
-                return Err(Error::Protocol(format!(
-                    "the handshake (id 1) was answered with {} for id {id}",
-                    crate::client::describe(&other)
-                )));
-            }
-            Some(Ok(Err(body))) => return Err(Error::Protocol(body.to_string())),
-            Some(Err(e)) => return Err(lost(e)),
-            None => {
-                sent.map_err(lost)?;
-                return Err(Error::ConnectionLost("closed during the handshake".into()));
-            }
-        };
+        let (reader, mut writer, info) = handshake(path, options).await?;
         // Never send a frame the daemon would refuse: that would cost the connection.
         let limit = options.max_frame.min(info.max_frame);
         *writer.encoder_mut() = Codec::new(limit);
@@ -253,6 +205,73 @@ impl Connection {
 }
 
 /// Refuses, with [`Error::PermissionDenied`], a daemon whose uid this client does not trust.
+/// The reading and writing halves of a connection, framed.
+pub(crate) type Halves = (
+    FramedRead<tokio::net::unix::OwnedReadHalf, Codec>,
+    FramedWrite<tokio::net::unix::OwnedWriteHalf, Codec>,
+    ServerInfo,
+);
+
+/// Connects to `path`, checks who answers, and says Hello (id 1).
+pub(crate) async fn handshake(path: &Path, options: &ClientOptions) -> Result<Halves> {
+    let stream = UnixStream::connect(path).await.map_err(|e| Error::connect(path, &e))?;
+    // Not one byte, the Hello included, before we know who listens.
+    check_peer(&stream, path, options)?;
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, Codec::new(options.max_frame));
+    let mut writer = FramedWrite::new(write, Codec::new(options.max_frame));
+    writer.set_backpressure_boundary(harpocrates_protocol::WRITE_BUFFER);
+
+    let hello =
+        Request::Hello { version: PROTOCOL_VERSION, client_name: options.client_name.clone() };
+    // Even if the write fails, read: a daemon that turns us away says why first.
+    let sent = writer.send(RequestFrame { id: 1, request: hello }).await;
+    let info = match reader.next().await {
+        Some(Ok(Ok(ResponseFrame {
+            id: 1,
+            result: Ok(Response::Hello { version, daemon_version, backend, max_frame }),
+        }))) => {
+            if version != PROTOCOL_VERSION {
+                return Err(Error::UnsupportedVersion(format!(
+                    "the daemon answered with protocol version {version}; this client speaks {PROTOCOL_VERSION}"
+                )));
+            }
+            ServerInfo { protocol_version: version, daemon_version, backend, max_frame }
+        }
+        Some(Ok(Ok(ResponseFrame { result: Err(e), .. }))) => return Err(e.into()),
+        Some(Ok(Ok(ResponseFrame { id, result: Ok(other) }))) => {
+            return Err(Error::Protocol(format!(
+                "the handshake (id 1) was answered with {} for id {id}",
+                crate::client::describe(&other)
+            )));
+        }
+        Some(Ok(Err(body))) => return Err(Error::Protocol(body.to_string())),
+        Some(Err(e)) => return Err(lost(e)),
+        None => {
+            sent.map_err(lost)?;
+            return Err(Error::ConnectionLost("closed during the handshake".into()));
+        }
+    };
+    Ok((reader, writer, info))
+}
+
+/// Runs `work` within the connect timeout of `options`.
+pub(crate) async fn within_connect_timeout<T>(
+    path: &Path,
+    options: &ClientOptions,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(limit) = options.connect_timeout else { return work.await };
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(Error::Timeout(format!(
+            "connecting to {} and the handshake took longer than {} (connect_timeout); \
+             is harpocratesd stopped or overloaded?",
+            path.display(),
+            humantime::format_duration(limit)
+        )))
+    })
+}
+
 fn check_peer(stream: &UnixStream, path: &Path, options: &ClientOptions) -> Result<()> {
     let cred = stream.peer_cred().map_err(|e| {
         Error::PermissionDenied(format!(

@@ -54,6 +54,11 @@ pub enum Error {
     /// Not allowed in the current state (e.g. committing an unvalidated rotation).
     #[error("invalid state: {0}")]
     InvalidState(String),
+    /// The daemon could not write the operation's audit record, so it did not carry out
+    /// the operation (key-changing operations) or withheld its answer. Retry once the
+    /// daemon's audit storage is fixed.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
     /// An error code this client version does not know.
     #[error("error {code}: {message}")]
     Unknown {
@@ -111,6 +116,7 @@ impl Error {
             Error::KeyExists(_) => ErrorCode::KeyExists,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::InvalidState(_) => ErrorCode::InvalidState,
+            Error::AuditUnavailable(_) => ErrorCode::AuditUnavailable,
             Error::Unknown { code, .. } => ErrorCode::from_u16(*code),
             Error::Connect { .. }
             | Error::ConnectionLost(_)
@@ -167,6 +173,7 @@ impl From<WireError> for Error {
             ErrorCode::KeyExists => Error::KeyExists(m),
             ErrorCode::Unavailable => Error::Unavailable(m),
             ErrorCode::InvalidState => Error::InvalidState(m),
+            ErrorCode::AuditUnavailable => Error::AuditUnavailable(m),
             other => Error::Unknown { code: other.as_u16(), message: m },
         }
     }
@@ -178,7 +185,7 @@ mod tests {
 
     #[test]
     fn every_known_code_maps_to_its_variant_and_back() {
-        for n in 1..=14u16 {
+        for n in 1..=15u16 {
             let code = ErrorCode::from_u16(n);
             let e = Error::from(WireError::new(code, "m"));
             assert_eq!(e.code(), Some(code), "{e:?}");

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod batch;
 pub mod blocking;
 pub mod client;
@@ -39,6 +40,7 @@ pub mod connection;
 pub mod error;
 pub mod trust;
 
+pub use audit::AuditStream;
 pub use batch::BatchBuilder;
 pub use blocking::BlockingClient;
 pub use client::Client;

@@ -21,5 +21,7 @@ pub mod formats;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod peer;
+pub mod policy;
 pub mod server;
 pub mod startup;

@@ -14,7 +14,12 @@ pub fn init(level: &str) {
         match tracing_journald::layer() {
             Ok(journald) => {
                 let _ = registry
-                    .with(journald.with_syslog_identifier("harpocratesd".into()))
+                    .with(
+                        journald
+                            .with_syslog_identifier("harpocratesd".into())
+                            // Audit records are then `HARPOCRATES_OP=`, `HARPOCRATES_KEY=`, ...
+                            .with_field_prefix(Some("HARPOCRATES".into())),
+                    )
                     .try_init();
                 return;
             }

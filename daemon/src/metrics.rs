@@ -52,6 +52,9 @@ pub struct Metrics {
     ops: [Counter; COUNTED],
     other: Counter,
     connections: AtomicU64,
+    audit_records: AtomicU64,
+    audit_dropped: AtomicU64,
+    audit_failed: AtomicU64,
     /// `(when, ops_total)` samples, oldest first, for the recent rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -71,6 +74,9 @@ impl Metrics {
             ops: std::array::from_fn(|_| Counter::default()),
             other: Counter::default(),
             connections: AtomicU64::new(0),
+            audit_records: AtomicU64::new(0),
+            audit_dropped: AtomicU64::new(0),
+            audit_failed: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::from([(started, 0)])),
         }
     }
@@ -97,6 +103,21 @@ impl Metrics {
     /// A client connected.
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Audit records accepted by the audit actor.
+    pub fn audit_recorded(&self, n: u64) {
+        self.audit_records.fetch_add(n, Relaxed);
+    }
+
+    /// Audit records dropped because the queue was full.
+    pub fn audit_dropped(&self, n: u64) {
+        self.audit_dropped.fetch_add(n, Relaxed);
+    }
+
+    /// Audit records lost to a failed write.
+    pub fn audit_failed(&self, n: u64) {
+        self.audit_failed.fetch_add(n, Relaxed);
     }
 
     /// A client went away.
@@ -160,6 +181,9 @@ impl Metrics {
             error_rate: if ops_total == 0 { 0.0 } else { errors_total as f64 / ops_total as f64 },
             connections: self.connections.load(Relaxed),
             per_op,
+            audit_records: self.audit_records.load(Relaxed),
+            audit_dropped: self.audit_dropped.load(Relaxed),
+            audit_failed: self.audit_failed.load(Relaxed),
         }
     }
 }

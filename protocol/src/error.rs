@@ -40,6 +40,10 @@ pub enum ErrorCode {
     /// The request is not allowed in the object's current state (e.g. committing a
     /// rotation that was not validated).
     InvalidState,
+    /// The audit record of this operation could not be written, so the operation was
+    /// not carried out (key-changing operations) or its answer was withheld
+    /// (`audit.fail_closed`).
+    AuditUnavailable,
     /// A code this build does not know (sent by a newer peer).
     Unknown(u16),
 }
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::KeyExists => 12,
             ErrorCode::Unavailable => 13,
             ErrorCode::InvalidState => 14,
+            ErrorCode::AuditUnavailable => 15,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -83,6 +88,7 @@ impl ErrorCode {
             12 => ErrorCode::KeyExists,
             13 => ErrorCode::Unavailable,
             14 => ErrorCode::InvalidState,
+            15 => ErrorCode::AuditUnavailable,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -104,6 +110,7 @@ impl ErrorCode {
             ErrorCode::KeyExists => "key_exists",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

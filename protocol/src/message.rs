@@ -313,6 +313,11 @@ pub enum Request {
         /// Destroy the keys (irreversible) instead of only disabling them.
         destroy: bool,
     },
+    /// Streams audit events (admin only): the daemon answers with one
+    /// [`Response::AuditEvent`] frame per event, all carrying this request's id, until
+    /// the connection closes. A subscriber that falls behind is told how many events it
+    /// missed (an event with op `audit_lagged`) rather than slowing the daemon down.
+    SubscribeAudit,
 }
 
 /// A successful answer.
@@ -360,6 +365,8 @@ pub enum Response {
     Keks(Vec<KekInfo>),
     /// Answers `DeriveDataKey`, `GenerateDataKey` and `UnwrapDataKey`.
     DataKey(DataKey),
+    /// One event of a [`Request::SubscribeAudit`] stream.
+    AuditEvent(Box<crate::audit::AuditEvent>),
 }
 
 /// Overall health.
@@ -439,4 +446,12 @@ pub struct MetricsSnapshot {
     pub connections: u64,
     /// Per-operation counters.
     pub per_op: Vec<OpMetrics>,
+    /// Audit records handed to the audit actor.
+    pub audit_records: u64,
+    /// Audit records of `use` operations dropped because the queue was full
+    /// (`audit.on_backlog = "count"` only).
+    pub audit_dropped: u64,
+    /// Audit records lost because the audit file could not be written (their operations
+    /// were refused or withheld when they had to be durable).
+    pub audit_failed: u64,
 }

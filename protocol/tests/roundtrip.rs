@@ -164,6 +164,9 @@ fn leaf_response() -> impl Strategy<Value = Response> {
                 errors: errs,
                 avg_latency_us: rate,
             }],
+            audit_records: ops,
+            audit_dropped: errs,
+            audit_failed: 1,
         })
     });
     prop_oneof![

@@ -2,6 +2,7 @@
 //! ([`cli`]), then validated [`Settings`] that the rest of the daemon trusts. Every
 //! validation error names the field it is about.
 
+pub mod audit;
 pub mod cli;
 pub mod cloudhsm;
 pub mod pin;
@@ -52,6 +53,9 @@ pub enum ConfigError {
     /// The PIN could not be obtained.
     #[error("PIN: {0}")]
     Pin(String),
+    /// The access policy is wrong (the message names the file, the rule and why).
+    #[error("{0}")]
+    Policy(String),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -121,6 +125,12 @@ pub struct Settings {
     pub backend: BackendSettings,
     /// Started with `--dev`.
     pub dev: bool,
+    /// Where audit records go.
+    pub audit: crate::actors::audit::AuditSettings,
+    /// The access policy in force (shared: a reload replaces the policy inside).
+    pub policy: std::sync::Arc<crate::policy::PolicyStore>,
+    /// The configuration file, if any (a reload reads it again).
+    pub config_path: Option<PathBuf>,
 }
 
 fn duration(
@@ -183,13 +193,23 @@ impl Settings {
         if let Some(l) = &args.log_level {
             raw.log_level = Some(l.clone());
         }
-        let mut settings = Self::validate(raw)?;
+        let source = args.config.clone().unwrap_or_else(|| PathBuf::from("the built-in defaults"));
+        let mut settings = Self::validate_from(raw, &source, args.dev)?;
         settings.dev = args.dev;
+        settings.config_path = args.config.clone();
         Ok(settings)
     }
 
     /// Checks every field and fills in defaults.
-    pub fn validate(mut raw: RawConfig) -> Result<Self, ConfigError> {
+    pub fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        Self::validate_from(raw, Path::new("the configuration"), false)
+    }
+
+    /// Checks every field of a configuration read from `source`; `dev` also grants the
+    /// invoking user everything.
+    fn validate_from(mut raw: RawConfig, source: &Path, dev: bool) -> Result<Self, ConfigError> {
+        let policy = audit::policy(raw.policy.as_deref().unwrap_or_default(), source, dev)?;
+        let audit_settings = audit::audit_settings(raw.audit.take())?;
         let socket_mode = match raw.socket_mode.as_deref() {
             None => 0o660,
             Some(s) => Some(s.strip_prefix("0o").unwrap_or(s))
@@ -314,6 +334,9 @@ impl Settings {
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),
             backend,
             dev: false,
+            audit: audit_settings,
+            policy: std::sync::Arc::new(crate::policy::PolicyStore::new(policy)),
+            config_path: None,
         })
     }
 }
@@ -374,6 +397,7 @@ fn apply_dev_presets(raw: &mut RawConfig) -> Result<(), ConfigError> {
         raw.soft.as_ref().and_then(|s| s.state_dir.clone()).unwrap_or_else(dev_state_dir);
     let pin_file = state_dir.join("dev.pin");
     ensure_dev_pin(&pin_file)?;
+    let audit_file = state_dir.join("audit").join("audit.log");
     raw.backend = Some("soft".into());
     raw.soft.get_or_insert_with(Default::default).state_dir = Some(state_dir);
     raw.socket_path.get_or_insert_with(paths::dev_socket_path);
@@ -383,6 +407,9 @@ fn apply_dev_presets(raw: &mut RawConfig) -> Result<(), ConfigError> {
     raw.pin_credential = None;
     // A development daemon should notice a dead token quickly.
     raw.retry_delay.get_or_insert_with(|| "100ms".into());
+    // ... and show what an audited daemon looks like (`harpoctl audit tail`).
+    let audit = raw.audit.get_or_insert_with(Default::default);
+    audit.file.get_or_insert(audit_file);
     Ok(())
 }
 

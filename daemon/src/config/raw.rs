@@ -62,6 +62,28 @@ pub struct RawConfig {
     pub pkcs11: Option<RawPkcs11>,
     /// AWS CloudHSM profile (translated to PKCS#11 settings).
     pub cloudhsm: Option<RawCloudHsm>,
+    /// `[audit]`: where audit records go.
+    pub audit: Option<RawAudit>,
+    /// `[[policy]]` tables: who may do what (see `docs/access-control.md`).
+    pub policy: Option<Vec<crate::policy::raw::RawRule>>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The hash-chained audit file (its directory must be ours and private).
+    pub file: Option<PathBuf>,
+    /// Rotate the file past this many bytes.
+    pub max_file_bytes: Option<u64>,
+    /// `"changes"` (key-changing operations and refusals), `"all"` or `"off"`.
+    pub journal: Option<String>,
+    /// Every operation (not only key-changing ones) waits for its durable record.
+    pub fail_closed: Option<bool>,
+    /// When the queue is full, `use` operations `"wait"` or are `"count"`ed as lost.
+    pub on_backlog: Option<String>,
+    /// Events queued for the audit writer.
+    pub queue: Option<u64>,
 }
 
 /// `[pkcs11]`.

@@ -27,7 +27,7 @@ use crate::formats::ciphertext;
 const FORCED_REFRESH: Duration = Duration::from_millis(100);
 
 /// Format byte of a wrapped data key.
-const WRAPPED_V1: u8 = 0xD1;
+pub const WRAPPED_V1: u8 = 0xD1;
 
 /// Key-manager settings.
 #[derive(Debug, Clone, Copy)]

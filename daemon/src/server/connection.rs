@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
@@ -28,9 +29,10 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{Charge, ConnectionBudget, TotalBudget};
+use super::context::{ConnectionContext, RequestContext};
 use super::dispatch::{ConnectionLanes, Router};
 use super::frame_reader::{FrameReader, Incoming, ReadError};
-use super::peer::Peer;
+use crate::peer::Peer;
 
 type Codec = MessageCodec<RequestFrame, ResponseFrame>;
 
@@ -43,6 +45,9 @@ const ALLOWANCE: usize = 64 * 1024;
 
 /// A connection that moved this much gives freed memory back to the OS when it closes.
 const BIG_CONNECTION: usize = 8 << 20;
+
+/// Connections are numbered from 1 for audit records.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -105,9 +110,14 @@ pub async fn serve(
     total: TotalBudget,
     shutdown: CancellationToken,
 ) {
-    let peer = Peer::of(&stream).ok();
-    let peer_text = peer.map_or_else(|| "unknown peer".to_owned(), |p| p.to_string());
-    tracing::debug!(peer = %peer_text, "client connected");
+    // Unreadable credentials make an unknown peer, which the policy grants nothing.
+    let peer = Peer::of(&stream).unwrap_or_else(|_| Peer::unknown());
+    let conn = Rc::new(ConnectionContext {
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        peer: Arc::new(peer),
+        lanes: ConnectionLanes::default(),
+    });
+    tracing::debug!(peer = %conn.peer, conn = conn.id, "client connected");
     let metrics = router.metrics().clone();
     metrics.connection_opened();
 
@@ -127,7 +137,7 @@ pub async fn serve(
 
     let backend = router.backend_name();
     if handshake(&mut reader, &budget, &tx, backend, limits, &shutdown).await {
-        read_requests(&mut reader, &budget, &tx, router, limits, &shutdown).await;
+        read_requests(&mut reader, &budget, &tx, router, &conn, limits, &shutdown).await;
     }
     drop(reader);
     drop(tx);
@@ -137,7 +147,7 @@ pub async fn serve(
         super::budget::release_freed_memory();
     }
     metrics.connection_closed();
-    tracing::debug!(peer = %peer_text, "client disconnected");
+    tracing::debug!(peer = %conn.peer, conn = conn.id, "client disconnected");
 }
 
 /// Reads the first frame, which must be a Hello of our version. Answers it either way.
@@ -209,12 +219,12 @@ async fn read_requests(
     budget: &ConnectionBudget,
     tx: &mpsc::Sender<Outgoing>,
     router: Rc<Router>,
+    conn: &Rc<ConnectionContext>,
     limits: ConnectionLimits,
     shutdown: &CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let activity = Activity::new();
-    let lanes = Rc::new(ConnectionLanes::default());
     loop {
         // The writer gave up on a client that stopped reading: stop reading it too.
         let permit = tokio::select! {
@@ -253,18 +263,55 @@ async fn read_requests(
                 }
             }
             Ok(RequestFrame { id, request }) => {
+                let ctx = RequestContext::now(conn.clone(), id);
                 let router = router.clone();
                 let tx = tx.clone();
                 let activity = activity.clone();
-                let lanes = lanes.clone();
+                let shutdown = shutdown.clone();
                 activity.begin();
                 actix::spawn(async move {
-                    let result = router.handle(request, &lanes).await;
-                    let _ = tx.send((ResponseFrame { id, result }, Some(charge))).await;
+                    if matches!(request, Request::SubscribeAudit) {
+                        drop(charge);
+                        stream_audit(&router, &ctx, &tx, &shutdown).await;
+                    } else {
+                        let result = router.handle(request, &ctx).await;
+                        let _ = tx.send((ResponseFrame { id, result }, Some(charge))).await;
+                    }
                     activity.end();
                     drop(permit);
                 });
             }
+        }
+    }
+}
+
+/// Answers a `SubscribeAudit` with one frame per event until the client goes away or
+/// the daemon stops. The writer's stall timeout closes a subscriber that stops reading;
+/// one that reads slowly misses events (and is told how many) rather than slow anyone.
+async fn stream_audit(
+    router: &Router,
+    ctx: &RequestContext,
+    tx: &mpsc::Sender<Outgoing>,
+    shutdown: &CancellationToken,
+) {
+    let id = ctx.id;
+    let mut subscription = match router.subscribe(ctx).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            let _ = tx.send((ResponseFrame { id, result: Err(e) }, None)).await;
+            return;
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            e = subscription.events.recv() => e,
+            () = tx.closed() => return,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        let frame = ResponseFrame { id, result: Ok(Response::AuditEvent(Box::new(event))) };
+        if tx.send((frame, None)).await.is_err() {
+            return;
         }
     }
 }

@@ -1,11 +1,18 @@
-//! Routing: which part of the daemon answers a request.
+//! Routing: which part of the daemon answers a request, and the one place where every
+//! request's outcome is recorded.
 //!
-//! Cheap requests (ping, metrics, capabilities) are answered right here on the I/O
-//! thread; HSM operations go to the [session pool](crate::actors::session::pool); a
-//! `Batch` is split, its HSM operations admitted in units of at most
-//! [`MAX_OPS_PER_UNIT`] (so one client's large batch interleaves with everyone else's
-//! work instead of holding a session for its whole length), and the answers put back in
-//! request order.
+//! A request (or each element of a `Batch`) goes through four stages in [`Router::run`]:
+//!
+//! 1. **admission** ([`admission`](super::admission)): the caller's right under the
+//!    policy, then the arguments. A refusal is answered at once.
+//! 2. **intent**: a key-changing operation (`manage`, `rotate`) first has its intent
+//!    record made durable by the audit actor; without it the operation does not run.
+//! 3. **work**: cheap requests (ping, metrics, capabilities) are answered on the I/O
+//!    thread; token operations go to the [session pool](crate::actors::session::pool) in
+//!    units of at most [`MAX_OPS_PER_UNIT`] (so one client's large batch interleaves with
+//!    everyone else's work); key-manager operations run beside them.
+//! 4. **completion** ([`completion`](super::completion)): listings are filtered to what the
+//!    caller may see, then metrics and the audit record, once per element.
 //!
 //! Backup and restore run a password KDF (tens of milliseconds each): they go to the
 //! pool's KDF lane, at most [`MAX_KDF_PER_CONNECTION`] at a time per connection, so they
@@ -13,27 +20,30 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Instant;
 
 use harpocrates_protocol::{
-    ErrorCode, MAX_BATCH_LEN, MAX_RANDOM_LEN, Op, Request, Response, WireError, WireResult,
+    AuditPhase, ErrorCode, MAX_BATCH_LEN, Op, OpClass, Request, Response, WireError, WireResult,
 };
 
 use actix::Addr;
 
+use super::admission::{Subject, admit};
+use super::context::RequestContext;
+use crate::actors::audit::actor::{Auditor, MAX_SUBSCRIBERS, SubscribeError, Subscription};
 use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
 use crate::actors::session::pool::{Lane, SessionPool};
-use crate::formats::backup::MAX_BACKUP_LEN;
 use crate::keys::manager::{EnvelopeOp, KeyManager};
-use crate::keys::name::validate_label;
 use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
 
 /// Answers requests after the handshake.
 pub struct Router {
     pool: SessionPool,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     keys: Arc<KeyManager>,
     coordinator: Addr<RotationCoordinator>,
+    pub(super) audit: Auditor,
+    policy: Arc<PolicyStore>,
 }
 
 /// A request and its place in the batch.
@@ -87,28 +97,203 @@ fn kdf_busy() -> WireError {
     )
 }
 
+fn changes_keys(op: Op) -> bool {
+    matches!(op.class(), OpClass::Manage | OpClass::Rotate)
+}
+
 impl Router {
-    /// A router over `pool`, with the key manager and its rotation coordinator.
+    /// A router over `pool`, with the key manager and its rotation coordinator, recording
+    /// to `audit` and deciding with `policy`.
     pub fn new(
         pool: SessionPool,
         metrics: Arc<Metrics>,
         keys: Arc<KeyManager>,
         coordinator: Addr<RotationCoordinator>,
+        audit: Auditor,
+        policy: Arc<PolicyStore>,
     ) -> Self {
-        Self { pool, metrics, keys, coordinator }
+        Self { pool, metrics, keys, coordinator, audit, policy }
     }
 
-    /// Answers a key-manager request.
+    /// The backend's name, for the handshake.
+    pub fn backend_name(&self) -> &'static str {
+        self.pool.shared().backend.name()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one request (which may be a batch).
+    pub async fn handle(&self, request: Request, ctx: &RequestContext) -> WireResult {
+        match request {
+            Request::Batch(items) if items.len() > MAX_BATCH_LEN => {
+                self.metrics.record(Op::Batch.name(), false, ctx.arrived.elapsed());
+                Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("batch of {} operations; the limit is {MAX_BATCH_LEN}", items.len()),
+                ))
+            }
+            Request::Batch(items) => {
+                let answers = self.run(items, ctx, true).await;
+                self.metrics.record(Op::Batch.name(), true, ctx.arrived.elapsed());
+                Ok(Response::Batch(answers))
+            }
+            single => self.run(vec![single], ctx, false).await.pop().unwrap_or_else(lost),
+        }
+    }
+
+    /// Starts a live audit stream for an admin caller; the subscription is audited too.
+    pub async fn subscribe(&self, ctx: &RequestContext) -> Result<Subscription, WireError> {
+        let request = Request::SubscribeAudit;
+        let subject = Subject::of(&request, None);
+        let policy = self.policy.current();
+        let grants = policy.grants(&ctx.conn.caller());
+        let result = admit(&request, &subject, &grants).and_then(|()| {
+            self.audit.subscribe().map_err(|e| match e {
+                SubscribeError::Off => WireError::new(
+                    ErrorCode::Unsupported,
+                    "audit is off in this daemon's configuration",
+                ),
+                SubscribeError::Full => WireError::new(
+                    ErrorCode::Busy,
+                    format!("{MAX_SUBSCRIBERS} audit streams are open already; retry later"),
+                ),
+            })
+        });
+        let answer = result.as_ref().map(|_| Response::Pong).map_err(Clone::clone);
+        self.complete(ctx, vec![subject], vec![answer]).await;
+        result
+    }
+
+    /// Admits, runs and completes `requests` (a batch's elements, or one request).
+    async fn run(
+        &self,
+        requests: Vec<Request>,
+        ctx: &RequestContext,
+        batched: bool,
+    ) -> Vec<WireResult> {
+        let policy = self.policy.current();
+        let grants = policy.grants(&ctx.conn.caller());
+        let mut subjects = Vec::with_capacity(requests.len());
+        let mut answers: Vec<Option<WireResult>> = Vec::with_capacity(requests.len());
+        let mut for_pool = Vec::new();
+        let mut for_keys = Vec::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            let subject =
+                Subject::of(&request, batched.then(|| u32::try_from(i).unwrap_or(u32::MAX)));
+            let place = match admit(&request, &subject, &grants) {
+                Ok(()) => self.place(&request),
+                Err(refused) => Place::Here(Err(refused)),
+            };
+            match place {
+                Place::Here(result) => answers.push(Some(result)),
+                Place::Pool => {
+                    answers.push(None);
+                    for_pool.push((i, request));
+                }
+                Place::Keys => {
+                    answers.push(None);
+                    for_keys.push((i, request));
+                }
+            }
+            subjects.push(subject);
+        }
+        self.record_intents(ctx, &subjects, &mut answers, &mut for_pool, &mut for_keys).await;
+        let pooled = async {
+            if for_pool.is_empty() {
+                Vec::new()
+            } else {
+                self.run_in_pool(for_pool, &ctx.conn.lanes).await
+            }
+        };
+        let (pooled, keyed) = futures::join!(pooled, self.run_keyed(for_keys));
+        for (i, r) in pooled.into_iter().chain(keyed) {
+            answers[i] = Some(r);
+        }
+        let mut answers: Vec<WireResult> =
+            answers.into_iter().map(|a| a.unwrap_or_else(lost)).collect();
+        if !grants.unrestricted() {
+            self.redact(&mut answers, &subjects, &grants, ctx).await;
+        }
+        self.complete(ctx, subjects, answers).await
+    }
+
+    /// Makes the intent of every admitted key-changing operation durable before it runs;
+    /// if that fails, those operations are answered `audit_unavailable` and not run.
+    async fn record_intents(
+        &self,
+        ctx: &RequestContext,
+        subjects: &[Subject],
+        answers: &mut [Option<WireResult>],
+        for_pool: &mut Vec<Indexed>,
+        for_keys: &mut Vec<Indexed>,
+    ) {
+        if !self.audit.enabled() {
+            return;
+        }
+        let changing: Vec<usize> = for_pool
+            .iter()
+            .chain(for_keys.iter())
+            .map(|(i, _)| *i)
+            .filter(|&i| changes_keys(subjects[i].op))
+            .collect();
+        if changing.is_empty() {
+            return;
+        }
+        let intents = changing
+            .iter()
+            .map(|&i| self.event(ctx, &subjects[i], AuditPhase::Intent, None))
+            .collect();
+        if let Err(e) = self.audit.record_durable(intents).await {
+            let refused = WireError::new(
+                ErrorCode::AuditUnavailable,
+                format!("{e}; the operation was not carried out"),
+            );
+            let mut keep = |(i, _): &Indexed| {
+                if changing.contains(i) {
+                    answers[*i] = Some(Err(refused.clone()));
+                    false
+                } else {
+                    true
+                }
+            };
+            for_pool.retain(&mut keep);
+            for_keys.retain(&mut keep);
+        }
+    }
+
+    /// Key-manager operations: envelope operations resolved together (their AES work
+    /// spread across cores), the others concurrently beside them.
+    async fn run_keyed(&self, items: Vec<Indexed>) -> Vec<IndexedAnswer> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let (envelopes, others): (Vec<Indexed>, Vec<Indexed>) = items
+            .into_iter()
+            .partition(|(_, r)| matches!(r.op(), Op::EnvelopeEncrypt | Op::EnvelopeDecrypt));
+        let envelope_ops: Vec<(usize, EnvelopeOp)> =
+            envelopes.into_iter().filter_map(|(i, r)| envelope_op(r).map(|op| (i, op))).collect();
+        let (mut sealed, mut rest) = futures::join!(
+            self.keys.envelope_batch(envelope_ops),
+            futures::future::join_all(
+                others.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
+            )
+        );
+        sealed.append(&mut rest);
+        sealed
+    }
+
+    /// Answers a key-manager request (other than envelope operations).
     async fn key_manager(&self, request: Request) -> WireResult {
-        let started = Instant::now();
-        let name = request.op_name();
         let km = &self.keys;
         let change = |msg| async move {
             self.coordinator.send(msg).await.unwrap_or_else(|_| {
                 Err(WireError::new(ErrorCode::Unavailable, "the rotation coordinator stopped"))
             })
         };
-        let result = match request {
+        match request {
             Request::GenerateKek { name } => {
                 change(KekChange::Create(name)).await.map(Response::Kek)
             }
@@ -128,12 +313,6 @@ impl Router {
             Request::UnwrapDataKey { wrapped } => {
                 km.unwrap_data_key(&wrapped).await.map(Response::DataKey)
             }
-            // Through the batch path even alone: it seals a large payload on a crypto thread
-            // instead of the I/O thread.
-            r @ (Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. }) => {
-                let ops = envelope_op(r).map(|op| (0, op)).into_iter().collect();
-                km.envelope_batch(ops).await.pop().map_or_else(lost, |(_, r)| r)
-            }
             Request::Rewrap { context, ciphertext, aad } => km
                 .rewrap(&context, &ciphertext, aad.as_deref().unwrap_or_default())
                 .await
@@ -142,115 +321,17 @@ impl Router {
                 ErrorCode::InvalidRequest,
                 format!("'{}' is not a key-manager request", other.op_name()),
             )),
-        };
-        self.metrics.record(name, result.is_ok(), started.elapsed());
-        result
-    }
-
-    /// The backend's name, for the handshake.
-    pub fn backend_name(&self) -> &'static str {
-        self.pool.shared().backend.name()
-    }
-
-    /// The metrics registry.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Answers one request (which may be a batch) from a connection whose lane usage is
-    /// `lanes`.
-    pub async fn handle(&self, request: Request, lanes: &ConnectionLanes) -> WireResult {
-        let started = Instant::now();
-        match request {
-            Request::Batch(items) => {
-                let result = self.batch(items, lanes).await;
-                self.metrics.record("batch", result.is_ok(), started.elapsed());
-                result
-            }
-            single => match self.place(&single) {
-                Place::Here(result) => {
-                    self.metrics.record(single.op_name(), result.is_ok(), started.elapsed());
-                    result
-                }
-                Place::Pool => self
-                    .run_in_pool(vec![(0, single)], lanes)
-                    .await
-                    .pop()
-                    .map_or_else(lost, |r| r.1),
-                Place::Keys => self.key_manager(single).await,
-            },
         }
-    }
-
-    async fn batch(&self, items: Vec<Request>, lanes: &ConnectionLanes) -> WireResult {
-        if items.len() > MAX_BATCH_LEN {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("batch of {} operations; the limit is {MAX_BATCH_LEN}", items.len()),
-            ));
-        }
-        let started = Instant::now();
-        let mut answers: Vec<Option<WireResult>> = Vec::with_capacity(items.len());
-        let mut for_pool = Vec::new();
-        let mut for_keys = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            match self.place(&item) {
-                Place::Here(result) => {
-                    self.metrics.record(item.op_name(), result.is_ok(), started.elapsed());
-                    answers.push(Some(result));
-                }
-                Place::Pool => {
-                    answers.push(None);
-                    for_pool.push((i, item));
-                }
-                Place::Keys => {
-                    answers.push(None);
-                    for_keys.push((i, item));
-                }
-            }
-        }
-        // Token operations go out as one unit of work; key-manager operations run
-        // concurrently beside them (those with a cached data key need no token at all).
-        let pooled = async {
-            if for_pool.is_empty() { Vec::new() } else { self.run_in_pool(for_pool, lanes).await }
-        };
-        // Envelope operations are resolved together and their AES work spread across
-        // cores; other key-manager operations run concurrently beside them.
-        let (envelopes, others): (Vec<Indexed>, Vec<Indexed>) =
-            for_keys.into_iter().partition(|(_, r)| {
-                matches!(r, Request::EnvelopeEncrypt { .. } | Request::EnvelopeDecrypt { .. })
-            });
-        let envelope_ops: Vec<(usize, EnvelopeOp)> =
-            envelopes.into_iter().filter_map(|(i, r)| envelope_op(r).map(|op| (i, op))).collect();
-        let envelope_names: std::collections::HashMap<usize, &'static str> =
-            envelope_ops.iter().map(|(i, op)| (*i, op_label(op))).collect();
-        let keyed = async {
-            let (mut sealed, mut rest) = futures::join!(
-                self.keys.envelope_batch(envelope_ops),
-                futures::future::join_all(
-                    others.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
-                )
-            );
-            for (i, r) in &sealed {
-                if let Some(name) = envelope_names.get(i) {
-                    self.metrics.record(name, r.is_ok(), started.elapsed());
-                }
-            }
-            sealed.append(&mut rest);
-            sealed
-        };
-        let (pooled, keyed) = futures::join!(pooled, keyed);
-        for (i, r) in pooled.into_iter().chain(keyed) {
-            answers[i] = Some(r);
-        }
-        let answers = answers.into_iter().map(|a| a.unwrap_or_else(lost)).collect();
-        Ok(Response::Batch(answers))
     }
 
     /// Submits operations to the pool, in units of at most [`MAX_OPS_PER_UNIT`], with
     /// password-KDF work in its own lane; every operation gets an answer, tagged with the
     /// index it came with.
-    async fn run_in_pool(&self, ops: Vec<Indexed>, lanes: &ConnectionLanes) -> Vec<IndexedAnswer> {
+    pub(super) async fn run_in_pool(
+        &self,
+        ops: Vec<Indexed>,
+        lanes: &ConnectionLanes,
+    ) -> Vec<IndexedAnswer> {
         let (kdf, token): (Vec<Indexed>, Vec<Indexed>) =
             ops.into_iter().partition(|(_, r)| uses_kdf(r));
         let mut answers = Vec::with_capacity(kdf.len() + token.len());
@@ -263,24 +344,15 @@ impl Router {
         // KDF work beyond the connection's allowance is refused now, not queued.
         let granted = lanes.take_kdf(kdf.len());
         let mut kdf = kdf;
-        for (i, r) in kdf.split_off(granted) {
-            self.metrics.record(r.op_name(), false, std::time::Duration::ZERO);
-            answers.push((i, Err(kdf_busy())));
-        }
+        answers.extend(kdf.split_off(granted).into_iter().map(|(i, _)| (i, Err(kdf_busy()))));
         units.extend(kdf.into_iter().map(|op| (Lane::Kdf, vec![op])));
         let submitted = units.into_iter().map(|(lane, unit)| {
             let (slots, ops): (Vec<usize>, Vec<Request>) = unit.into_iter().unzip();
-            let names: Vec<&'static str> = ops.iter().map(Request::op_name).collect();
             let receiver = self.pool.submit(lane, ops);
             async move {
                 let results = match receiver {
                     Ok(rx) => rx.await.unwrap_or_else(|_| vec![lost(); slots.len()]),
-                    Err(refused) => {
-                        for name in names {
-                            self.metrics.record(name, false, std::time::Duration::ZERO);
-                        }
-                        vec![Err(refused); slots.len()]
-                    }
+                    Err(refused) => vec![Err(refused); slots.len()],
                 };
                 if lane == Lane::Kdf {
                     lanes.give_kdf(slots.len());
@@ -294,14 +366,10 @@ impl Router {
         answers
     }
 
-    /// Where `request` is answered. The match is over every [`Op`], so a new request
-    /// kind must be placed here before the daemon compiles.
+    /// Where an admitted request is answered. The match is over every [`Op`], so a new
+    /// request kind must be placed here before the daemon compiles.
     fn place(&self, request: &Request) -> Place {
         let here = Place::Here;
-        let checked = |place: Place| match validate(request) {
-            Ok(()) => place,
-            Err(e) => here(Err(e)),
-        };
         match request.op() {
             Op::Hello => here(Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -310,6 +378,10 @@ impl Router {
             Op::Batch => here(Err(WireError::new(
                 ErrorCode::InvalidRequest,
                 "a Batch may not contain a Batch",
+            ))),
+            Op::SubscribeAudit => here(Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "SubscribeAudit is answered with a stream; send it alone, not in a batch",
             ))),
             Op::Ping => here(Ok(Response::Pong)),
             Op::SupportsKeyBackup => here(Ok(Response::BackupSupported(
@@ -325,7 +397,7 @@ impl Router {
             | Op::EnvelopeDecrypt
             | Op::Rewrap
             | Op::Rotation
-            | Op::RetireKekVersion => checked(Place::Keys),
+            | Op::RetireKekVersion => Place::Keys,
             Op::GenerateRandom
             | Op::GenerateKey
             | Op::GenerateKeyWithAttributes
@@ -335,65 +407,8 @@ impl Router {
             | Op::DestroyKey
             | Op::HealthCheck
             | Op::BackupKey
-            | Op::RestoreKey => checked(Place::Pool),
+            | Op::RestoreKey => Place::Pool,
         }
-    }
-}
-
-/// Longest derivation context accepted, bytes.
-pub const MAX_CONTEXT_LEN: usize = 4096;
-
-fn context_size(context: &[u8]) -> Result<(), WireError> {
-    if context.len() > MAX_CONTEXT_LEN {
-        return Err(WireError::new(
-            ErrorCode::InvalidRequest,
-            format!("a context of {} bytes; the limit is {MAX_CONTEXT_LEN}", context.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the arguments of an HSM operation before it is queued.
-pub fn validate(request: &Request) -> Result<(), WireError> {
-    let bad = |m: String| Err(WireError::new(ErrorCode::InvalidRequest, m));
-    let label =
-        |l: &str| validate_label(l).map_err(|m| WireError::new(ErrorCode::InvalidRequest, m));
-    let size = |bits: u32| match bits {
-        128 | 192 | 256 => Ok(()),
-        other => bad(format!("AES keys are 128, 192 or 256 bits, not {other}")),
-    };
-    match request {
-        Request::GenerateRandom { len } if *len > MAX_RANDOM_LEN => {
-            bad(format!("{len} random bytes requested; the limit is {MAX_RANDOM_LEN}"))
-        }
-        Request::GenerateKey { label: l, size_bits } => label(l).and_then(|()| size(*size_bits)),
-        Request::GenerateKeyWithAttributes { label: l, attributes } => {
-            label(l).and_then(|()| size(attributes.size_bits))
-        }
-        Request::Encrypt { key, .. }
-        | Request::Decrypt { key, .. }
-        | Request::DestroyKey { key }
-        | Request::BackupKey { key, .. } => label(key.as_str()),
-        Request::RestoreKey { label: l, backup, .. } if backup.len() > MAX_BACKUP_LEN => label(l)
-            .and_then(|()| bad(format!("a backup of {} bytes is not one of ours", backup.len()))),
-        Request::RestoreKey { label: l, .. } => label(l),
-        Request::GenerateKek { name: kek }
-        | Request::GenerateDataKey { kek }
-        | Request::Rotation { kek, .. }
-        | Request::RetireKekVersion { kek, .. } => label(kek),
-        Request::DeriveDataKey { kek, context, len } => label(kek).and_then(|()| {
-            if !(16..=64).contains(len) {
-                return bad(format!("data keys are 16 to 64 bytes, not {len}"));
-            }
-            context_size(context)
-        }),
-        Request::EnvelopeEncrypt { kek, context, .. } => {
-            label(kek).and_then(|()| context_size(context))
-        }
-        Request::EnvelopeDecrypt { context, .. } | Request::Rewrap { context, .. } => {
-            context_size(context)
-        }
-        _ => Ok(()),
     }
 }
 
@@ -410,37 +425,6 @@ fn envelope_op(request: Request) -> Option<EnvelopeOp> {
     }
 }
 
-fn op_label(op: &EnvelopeOp) -> &'static str {
-    if matches!(op, EnvelopeOp::Encrypt { .. }) { "envelope_encrypt" } else { "envelope_decrypt" }
-}
-
-fn lost() -> WireResult {
+pub(super) fn lost() -> WireResult {
     Err(WireError::new(ErrorCode::Unavailable, "the session actor stopped before answering"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use harpocrates_protocol::KeyAttributes;
-
-    #[test]
-    fn validation_refuses_out_of_range_arguments() {
-        let refused = [
-            Request::GenerateRandom { len: MAX_RANDOM_LEN + 1 },
-            Request::GenerateKey { label: "ok".into(), size_bits: 512 },
-            Request::GenerateKey { label: "bad label".into(), size_bits: 256 },
-            Request::GenerateKeyWithAttributes {
-                label: "ok".into(),
-                attributes: KeyAttributes::aes(100),
-            },
-            Request::Encrypt { key: "".into(), plaintext: Vec::new().into(), aad: None },
-            Request::DestroyKey { key: "x\n".into() },
-        ];
-        for r in refused {
-            let err = validate(&r).expect_err(r.op_name());
-            assert_eq!(err.code, ErrorCode::InvalidRequest);
-        }
-        assert_eq!(validate(&Request::GenerateRandom { len: MAX_RANDOM_LEN }), Ok(()));
-        assert_eq!(validate(&Request::GenerateKey { label: "k".into(), size_bits: 192 }), Ok(()));
-    }
 }

@@ -35,6 +35,9 @@ pub enum ListenError {
         /// What was found there.
         kind: &'static str,
     },
+    /// The audit file could not be opened: the daemon does not run unaudited.
+    #[error("audit: {0}")]
+    Audit(String),
     /// File-system or socket error.
     #[error("cannot listen on {path}: {source}")]
     Io {

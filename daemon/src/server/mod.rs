@@ -5,13 +5,15 @@
 //! in-flight requests and removes the socket. [`run`] adds signal handling for the
 //! binary; [`spawn`] runs a daemon on a background thread for tests and benchmarks.
 
+pub mod admission;
 pub mod budget;
+pub mod completion;
 pub mod connection;
+pub mod context;
 pub mod dispatch;
 pub mod fd_limit;
 pub mod frame_reader;
 pub mod listener;
-pub mod peer;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use actix::Actor;
 
+use crate::actors::audit::actor::Auditor;
 use crate::actors::rotation::actor::RotationCoordinator;
 use crate::actors::session::PoolShared;
 use crate::actors::session::pool::SessionPool;
@@ -51,6 +54,18 @@ pub async fn serve(
         }
     };
     let metrics = Arc::new(Metrics::new());
+    let audit = match Auditor::start(settings.audit.clone(), metrics.clone()) {
+        Ok(audit) => audit,
+        Err(e) => {
+            let _ = ready.send(Err(ListenError::Audit(e.to_string())));
+            return;
+        }
+    };
+    tracing::info!(
+        rules = settings.policy.current().rule_count(),
+        audit_file = ?settings.audit.file,
+        "access policy and audit in force"
+    );
     let shared = Arc::new(PoolShared {
         backend,
         max_sessions: settings.max_sessions,
@@ -62,7 +77,14 @@ pub async fn serve(
     let (pool, pool_stopped) = SessionPool::start(shared, settings.queue_depth, metrics.clone());
     let keys = Arc::new(KeyManager::new(pool.clone(), settings.keys));
     let coordinator = RotationCoordinator::new(keys.clone()).start();
-    let router = Rc::new(dispatch::Router::new(pool.clone(), metrics.clone(), keys, coordinator));
+    let router = Rc::new(dispatch::Router::new(
+        pool.clone(),
+        metrics.clone(),
+        keys,
+        coordinator,
+        audit.clone(),
+        settings.policy.clone(),
+    ));
     let limits = connection::ConnectionLimits {
         max_frame: settings.max_frame,
         max_in_flight: settings.max_in_flight,
@@ -151,6 +173,8 @@ pub async fn serve(
     } else {
         tracing::info!("session actors stopped and their sessions closed");
     }
+    // Last: every request that could add a record has finished.
+    audit.close().await;
 }
 
 /// Tells a client over the connection limit why it is being turned away.
@@ -177,6 +201,11 @@ pub fn run(
     on_ready: impl FnOnce(&std::path::Path) + 'static,
 ) -> Result<(), ListenError> {
     let token = backend.clone();
+    let reload = Reload {
+        path: settings.config_path.clone(),
+        dev: settings.dev,
+        policy: settings.policy.clone(),
+    };
     let system = actix::System::new();
     let result = system.block_on(async move {
         // Handlers first: a SIGTERM sent right after READY=1 (systemd may) must find them
@@ -190,7 +219,7 @@ pub fn run(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()),
         }
-        signals.wait().await;
+        signals.wait(&reload).await;
         shutdown.cancel();
         let _ = server.await;
         Ok(())
@@ -203,14 +232,45 @@ pub fn run(
     result
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// What SIGHUP reloads (today: the access policy).
+struct Reload {
+    path: Option<PathBuf>,
+    dev: bool,
+    policy: Arc<crate::policy::PolicyStore>,
+}
+
+impl Reload {
+    fn run(&self) {
+        let Some(path) = &self.path else {
+            tracing::info!("SIGHUP: no configuration file to reload");
+            return;
+        };
+        match crate::config::audit::reload_policy(path, self.dev, &self.policy) {
+            Ok(rules) => {
+                tracing::info!(rules, file = %path.display(), "SIGHUP: access policy reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the new policy is refused; the old one stays in force")
+            }
+        }
+    }
+}
+
+type SignalStreams =
+    (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
+struct Signals(Option<SignalStreams>);
 
 impl Signals {
     fn install() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(term), Ok(int)) => Self(Some((term, int))),
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Self(Some((term, int, hup))),
             _ => {
                 tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
                 Self(None)
@@ -218,11 +278,17 @@ impl Signals {
         }
     }
 
-    async fn wait(self) {
-        let Some((mut term, mut int)) = self.0 else { return std::future::pending().await };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+    /// Returns on SIGTERM or SIGINT; reloads on every SIGHUP until then.
+    async fn wait(self, reload: &Reload) {
+        let Some((mut term, mut int, mut hup)) = self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM received"),
+                _ = int.recv() => return tracing::info!("SIGINT received"),
+                _ = hup.recv() => reload.run(),
+            }
         }
     }
 }

@@ -111,6 +111,8 @@ impl Out {
                 "uptime_secs": m.uptime_secs, "ops_total": m.ops_total, "errors_total": m.errors_total,
                 "ops_per_sec": m.ops_per_sec, "avg_latency_us": m.avg_latency_us,
                 "error_rate": m.error_rate, "connections": m.connections, "per_op": per_op,
+                "audit_records": m.audit_records, "audit_dropped": m.audit_dropped,
+                "audit_failed": m.audit_failed,
             }));
         } else {
             println!(
@@ -122,6 +124,10 @@ impl Out {
                 m.error_rate * 100.0,
                 m.avg_latency_us,
                 m.connections
+            );
+            println!(
+                "audit: {} records, {} dropped (queue full), {} lost to write failures",
+                m.audit_records, m.audit_dropped, m.audit_failed
             );
             println!("{:<30} {:>12} {:>10} {:>12}", "OPERATION", "COUNT", "ERRORS", "AVG µs");
             for o in &m.per_op {

@@ -7,7 +7,6 @@
 //! flight, so when the actors are busy the queue grows and the next batch is larger.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::{Addr, SyncArbiter};
 use harpocrates_protocol::{ErrorCode, Request, WireError, WireResult};
@@ -110,7 +109,7 @@ impl SessionPool {
         ops: Vec<Request>,
     ) -> Result<oneshot::Receiver<Vec<WireResult>>, WireError> {
         let (reply, rx) = oneshot::channel();
-        let work = Work { ops, admitted: Instant::now(), reply };
+        let work = Work { ops, reply };
         let queue = match lane {
             Lane::Token => &self.queue,
             Lane::Kdf => &self.kdf_queue,

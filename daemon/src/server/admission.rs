@@ -1,0 +1,231 @@
+//! Admission: what a request names, whether its caller may ask for it, and whether its
+//! arguments are in range — decided before any work is queued.
+//!
+//! The policy decides on names only, never on whether a key exists, so a refused
+//! request for a missing key and one for an existing key get the same answer.
+
+use std::sync::Arc;
+
+use harpocrates_protocol::{ErrorCode, Op, OpClass, Request, Target, WireError};
+
+use crate::formats::backup::MAX_BACKUP_LEN;
+use crate::keys::envelope;
+use crate::keys::manager::{WRAPPED_V1, parse_wrapped};
+use crate::keys::name::validate_label;
+use crate::policy::Grants;
+
+/// Longest derivation context accepted, bytes.
+pub const MAX_CONTEXT_LEN: usize = 4096;
+
+/// What one request (or batch element) is about: the names its audit record and its
+/// access decision use.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The operation.
+    pub op: Op,
+    /// The token key named.
+    pub key: Option<Arc<str>>,
+    /// The KEK named, by the request or inside its ciphertext.
+    pub kek: Option<Arc<str>>,
+    /// The KEK version, when the ciphertext says.
+    pub version: Option<u32>,
+    /// The index in its batch, for batch elements.
+    pub element: Option<u32>,
+    /// The request named a KEK inside bytes that do not parse.
+    unparsed: bool,
+}
+
+impl Subject {
+    /// What `request` names; for ciphertexts, the KEK their header names.
+    pub fn of(request: &Request, element: Option<u32>) -> Self {
+        let mut s = Subject {
+            op: request.op(),
+            key: None,
+            kek: None,
+            version: None,
+            element,
+            unparsed: false,
+        };
+        match request.target() {
+            Target::None => {}
+            Target::Key(name) => s.key = Some(name.into()),
+            Target::Kek(name) => {
+                s.kek = Some(name.into());
+                if let Request::RetireKekVersion { version, .. } = request {
+                    s.version = Some(*version);
+                }
+            }
+            Target::InCiphertext => match named_kek(request) {
+                Some(id) => {
+                    s.kek = Some(id.name.into());
+                    s.version = Some(id.version);
+                }
+                None => s.unparsed = true,
+            },
+        }
+        s
+    }
+
+    fn target(&self) -> Target<'_> {
+        match (&self.key, &self.kek) {
+            (Some(key), _) => Target::Key(key),
+            (None, Some(kek)) => Target::Kek(kek),
+            (None, None) if self.unparsed => Target::InCiphertext,
+            (None, None) => Target::None,
+        }
+    }
+}
+
+/// The KEK a ciphertext or wrapped data key names in its header.
+fn named_kek(request: &Request) -> Option<harpocrates_protocol::KekId> {
+    let bytes = match request {
+        Request::UnwrapDataKey { wrapped } => return parse_wrapped(wrapped).ok().map(|(id, _)| id),
+        Request::EnvelopeDecrypt { ciphertext, .. } | Request::Rewrap { ciphertext, .. } => {
+            ciphertext
+        }
+        _ => return None,
+    };
+    if bytes.first() == Some(&WRAPPED_V1) {
+        parse_wrapped(bytes).ok().map(|(id, _)| id)
+    } else {
+        envelope::kek_of(bytes).ok()
+    }
+}
+
+/// Checks the caller's right, then the arguments.
+pub fn admit(request: &Request, subject: &Subject, grants: &Grants<'_>) -> Result<(), WireError> {
+    let class = subject.op.class();
+    let allowed = match subject.op {
+        // A listing is filtered to the names the caller has any right on, so anyone with
+        // a right on some key (or KEK) may list: an operator who may only rotate must
+        // still find the KEKs to rotate.
+        Op::ListKeys | Op::ListKeks => {
+            [OpClass::Use, OpClass::Export, OpClass::Manage, OpClass::Rotate]
+                .into_iter()
+                .any(|c| grants.allows(c, Target::None))
+        }
+        _ => grants.allows(class, subject.target()),
+    };
+    if !allowed {
+        return Err(denied(subject, class));
+    }
+    validate(request)
+}
+
+/// The refusal: names the operation and what was asked for, nothing about what exists.
+pub fn denied(subject: &Subject, class: OpClass) -> WireError {
+    let what = match subject.target() {
+        Target::Key(k) => format!(" on key '{}'", k.escape_debug()),
+        Target::Kek(k) => format!(" on KEK '{}'", k.escape_debug()),
+        Target::InCiphertext => " on the KEK of this ciphertext".to_owned(),
+        Target::None => String::new(),
+    };
+    WireError::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "'{}' ({} access){what} is not granted to this caller",
+            subject.op.name(),
+            class.name()
+        ),
+    )
+}
+
+fn context_size(context: &[u8]) -> Result<(), WireError> {
+    if context.len() > MAX_CONTEXT_LEN {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("a context of {} bytes; the limit is {MAX_CONTEXT_LEN}", context.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the arguments of an operation before it is queued.
+pub fn validate(request: &Request) -> Result<(), WireError> {
+    use harpocrates_protocol::MAX_RANDOM_LEN;
+    let bad = |m: String| Err(WireError::new(ErrorCode::InvalidRequest, m));
+    let label =
+        |l: &str| validate_label(l).map_err(|m| WireError::new(ErrorCode::InvalidRequest, m));
+    let size = |bits: u32| match bits {
+        128 | 192 | 256 => Ok(()),
+        other => bad(format!("AES keys are 128, 192 or 256 bits, not {other}")),
+    };
+    match request {
+        Request::GenerateRandom { len } if *len > MAX_RANDOM_LEN => {
+            bad(format!("{len} random bytes requested; the limit is {MAX_RANDOM_LEN}"))
+        }
+        Request::GenerateKey { label: l, size_bits } => label(l).and_then(|()| size(*size_bits)),
+        Request::GenerateKeyWithAttributes { label: l, attributes } => {
+            label(l).and_then(|()| size(attributes.size_bits))
+        }
+        Request::Encrypt { key, .. }
+        | Request::Decrypt { key, .. }
+        | Request::DestroyKey { key }
+        | Request::BackupKey { key, .. } => label(key.as_str()),
+        Request::RestoreKey { label: l, backup, .. } if backup.len() > MAX_BACKUP_LEN => label(l)
+            .and_then(|()| bad(format!("a backup of {} bytes is not one of ours", backup.len()))),
+        Request::RestoreKey { label: l, .. } => label(l),
+        Request::GenerateKek { name: kek }
+        | Request::GenerateDataKey { kek }
+        | Request::Rotation { kek, .. }
+        | Request::RetireKekVersion { kek, .. } => label(kek),
+        Request::DeriveDataKey { kek, context, len } => label(kek).and_then(|()| {
+            if !(16..=64).contains(len) {
+                return bad(format!("data keys are 16 to 64 bytes, not {len}"));
+            }
+            context_size(context)
+        }),
+        Request::EnvelopeEncrypt { kek, context, .. } => {
+            label(kek).and_then(|()| context_size(context))
+        }
+        Request::EnvelopeDecrypt { context, .. } | Request::Rewrap { context, .. } => {
+            context_size(context)
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harpocrates_protocol::{KeyAttributes, MAX_RANDOM_LEN};
+
+    #[test]
+    fn validation_refuses_out_of_range_arguments() {
+        let refused = [
+            Request::GenerateRandom { len: MAX_RANDOM_LEN + 1 },
+            Request::GenerateKey { label: "ok".into(), size_bits: 512 },
+            Request::GenerateKey { label: "bad label".into(), size_bits: 256 },
+            Request::GenerateKeyWithAttributes {
+                label: "ok".into(),
+                attributes: KeyAttributes::aes(100),
+            },
+            Request::Encrypt { key: "".into(), plaintext: Vec::new().into(), aad: None },
+            Request::DestroyKey { key: "x\n".into() },
+        ];
+        for r in refused {
+            let err = validate(&r).expect_err(r.op_name());
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+        }
+        assert_eq!(validate(&Request::GenerateRandom { len: MAX_RANDOM_LEN }), Ok(()));
+        assert_eq!(validate(&Request::GenerateKey { label: "k".into(), size_bits: 192 }), Ok(()));
+    }
+
+    #[test]
+    fn the_subject_names_the_key_or_the_kek_inside_a_ciphertext() {
+        let s = Subject::of(&Request::DestroyKey { key: "orders".into() }, Some(3));
+        assert_eq!((s.op, s.key.as_deref(), s.element), (Op::DestroyKey, Some("orders"), Some(3)));
+        assert_eq!(s.target(), Target::Key("orders"));
+        let junk = Request::EnvelopeDecrypt { context: vec![], ciphertext: vec![9; 40], aad: None };
+        let s = Subject::of(&junk, None);
+        assert_eq!((s.kek.as_deref(), s.target()), (None, Target::InCiphertext));
+        let refusal =
+            denied(&Subject::of(&Request::DestroyKey { key: "a".into() }, None), OpClass::Manage);
+        assert_eq!(refusal.code, ErrorCode::PermissionDenied);
+        assert!(
+            refusal.message.contains("'destroy_key' (manage access) on key 'a'"),
+            "{}",
+            refusal.message
+        );
+    }
+}
