@@ -119,9 +119,12 @@ fn verify(files: &[PathBuf], out: Out) -> Result<(), Failure> {
                     })
                 );
             } else {
+                let plural =
+                    |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
                 println!(
-                    "OK: {} records in {} files, chain head {head}",
-                    summary.records, summary.files
+                    "OK: {} in {}, chain head {head}",
+                    plural(summary.records, "record"),
+                    plural(summary.files, "file")
                 );
             }
             Ok(())
