@@ -11,7 +11,7 @@ use harpocrates_protocol::{ErrorCode, Op, OpClass, Request, Target, WireError};
 use crate::formats::backup::MAX_BACKUP_LEN;
 use crate::keys::envelope;
 use crate::keys::manager::{WRAPPED_V1, parse_wrapped};
-use crate::keys::name::validate_label;
+use crate::keys::name::{MAX_LABEL_LEN, validate_label};
 use crate::policy::Grants;
 
 /// Longest derivation context accepted, bytes.
@@ -48,9 +48,9 @@ impl Subject {
         };
         match request.target() {
             Target::None => {}
-            Target::Key(name) => s.key = Some(name.into()),
+            Target::Key(name) => s.key = Some(recorded(name)),
             Target::Kek(name) => {
-                s.kek = Some(name.into());
+                s.kek = Some(recorded(name));
                 if let Request::RetireKekVersion { version, .. } = request {
                     s.version = Some(*version);
                 }
@@ -74,6 +74,19 @@ impl Subject {
             (None, None) => Target::None,
         }
     }
+}
+
+/// A name as records keep it: a name too long to be valid (refused later anyway) is cut,
+/// so a hostile request cannot make a megabyte-long audit line.
+fn recorded(name: &str) -> Arc<str> {
+    if name.len() <= MAX_LABEL_LEN {
+        return name.into();
+    }
+    let mut end = MAX_LABEL_LEN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...(cut from {} bytes)", &name[..end], name.len()).into()
 }
 
 /// The KEK a ciphertext or wrapped data key names in its header.
@@ -216,6 +229,12 @@ mod tests {
         let s = Subject::of(&Request::DestroyKey { key: "orders".into() }, Some(3));
         assert_eq!((s.op, s.key.as_deref(), s.element), (Op::DestroyKey, Some("orders"), Some(3)));
         assert_eq!(s.target(), Target::Key("orders"));
+        let long = Subject::of(&Request::DestroyKey { key: "é".repeat(100_000).into() }, None);
+        assert!(
+            long.key
+                .as_deref()
+                .is_some_and(|k| k.len() < 200 && k.ends_with("(cut from 200000 bytes)"))
+        );
         let junk = Request::EnvelopeDecrypt { context: vec![], ciphertext: vec![9; 40], aad: None };
         let s = Subject::of(&junk, None);
         assert_eq!((s.kek.as_deref(), s.target()), (None, Target::InCiphertext));

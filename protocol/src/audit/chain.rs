@@ -221,6 +221,26 @@ pub fn encode_event_into(buf: &mut Vec<u8>, head: &ChainHead, event: &AuditEvent
     encode_fields(buf, head, Fields::Event(event))
 }
 
+/// [`encode_event_into`] for a writer that renders the event itself: `write` appends the
+/// event as the JSON object serde would make of an [`AuditEvent`] (`{"time":...}`; use
+/// [`push_json_str`] and [`push_u64`]). The daemon renders straight from its own event
+/// type this way, without building the `String`s of an `AuditEvent` first.
+pub fn encode_event_with(
+    buf: &mut Vec<u8>,
+    head: &ChainHead,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> ChainHead {
+    let start = buf.len();
+    begin_record(buf, head, RecordKind::Event);
+    let at = buf.len();
+    write(buf);
+    // The object's `{` becomes the `,` after `kind`, as for a serialized event.
+    if buf.get(at) == Some(&b'{') {
+        buf[at] = b',';
+    }
+    end_record(buf, start, head)
+}
+
 /// A borrowed [`RecordBody`], so events need not be cloned to be encoded.
 enum Fields<'a> {
     Genesis { time: &'a str, nonce: &'a [u8; 32] },
@@ -237,13 +257,7 @@ fn encode_fields(buf: &mut Vec<u8>, head: &ChainHead, fields: Fields<'_>) -> Cha
         Fields::Restart { .. } => RecordKind::Restart,
         Fields::Event(_) => RecordKind::Event,
     };
-    buf.extend_from_slice(b"{\"seq\":");
-    push_u64(buf, head.next_seq);
-    buf.extend_from_slice(b",\"prev\":\"");
-    push_hex(buf, &head.hash);
-    buf.extend_from_slice(b"\",\"kind\":\"");
-    buf.extend_from_slice(kind.name().as_bytes());
-    buf.push(b'"');
+    begin_record(buf, head, kind);
     match fields {
         Fields::Genesis { time, nonce } => {
             push_time(buf, time);
@@ -273,6 +287,23 @@ fn encode_fields(buf: &mut Vec<u8>, head: &ChainHead, fields: Fields<'_>) -> Cha
             buf[at] = b',';
         }
     }
+    end_record(buf, start, head)
+}
+
+/// `{"seq":N,"prev":"...","kind":"..."`: every record's opening members.
+fn begin_record(buf: &mut Vec<u8>, head: &ChainHead, kind: RecordKind) {
+    buf.extend_from_slice(b"{\"seq\":");
+    push_u64(buf, head.next_seq);
+    buf.extend_from_slice(b",\"prev\":\"");
+    push_hex(buf, &head.hash);
+    buf.extend_from_slice(b"\",\"kind\":\"");
+    buf.extend_from_slice(kind.name().as_bytes());
+    buf.push(b'"');
+}
+
+/// Hashes the body that starts at `start` (a complete object), puts the hash member
+/// before its closing brace, ends the line, and returns the new head.
+fn end_record(buf: &mut Vec<u8>, start: usize, head: &ChainHead) -> ChainHead {
     let hash: [u8; HASH_LEN] = Sha256::digest(&buf[start..]).into();
     buf.pop(); // the body's closing `}`: the hash member goes before it
     buf.extend_from_slice(HASH_OPEN);
@@ -287,8 +318,9 @@ fn push_time(buf: &mut Vec<u8>, time: &str) {
     push_json_str(buf, time);
 }
 
-/// A JSON string, escaped as serde_json does: `"`, `\` and control characters only.
-fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+/// Appends a JSON string, escaped as serde_json does: `"`, `\` and control characters
+/// only.
+pub fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
     for &b in s.as_bytes() {
         match b {
@@ -310,7 +342,8 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` in decimal.
+pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

@@ -40,10 +40,9 @@ pub(crate) async fn run(
     }
 }
 
-/// `audit tail` without `--file`: the daemon's live audit stream.
-///
-/// Placeholder until the client's audit stream is wired in (`Client::audit_events`); the
-/// signature is what `run` calls.
+/// `audit tail` without `--file`: the daemon's live audit stream (admin callers only).
+/// The stream has no past: this prints the next `lines` events, or with `follow` every
+/// event until the daemon or the user ends it.
 pub(crate) async fn live_tail(
     socket: &Path,
     options: ClientOptions,
@@ -51,8 +50,18 @@ pub(crate) async fn live_tail(
     follow: bool,
     out: Out,
 ) -> Result<(), Failure> {
-    let _ = (socket, options, lines, follow, out);
-    Err(Failure::Usage("live tail needs the daemon's audit stream; use --file".into()))
+    use futures::StreamExt;
+    let client = harpocrates_client::Client::connect_with(socket, options).await?;
+    let mut events = client.audit_events().await?;
+    let mut shown = 0usize;
+    let stdout = io::stdout();
+    while follow || shown < lines {
+        let Some(event) = events.next().await else { break };
+        let event = event?;
+        quiet_broken_pipe(print_event(&mut stdout.lock(), &event, out))?;
+        shown += 1;
+    }
+    Ok(())
 }
 
 /// `harpoctl audit | head` closing the pipe is the reader being done, not an error.

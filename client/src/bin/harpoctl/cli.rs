@@ -36,7 +36,7 @@ pub struct Cli {
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 ok; 1 operation failed; 2 usage; 64 invalid request; 65 integrity check \
-failed; 66 key not found; 69 daemon or token unavailable; 73 key exists; 75 busy (retry); \
+failed; 66 key not found; 69 daemon or token unavailable, or its audit record could not be written (so it did not act); 73 key exists; 75 busy (retry); \
 76 protocol/version mismatch or unsupported; 77 permission denied (by the daemon, by the \
 socket's permissions, or a daemon running as a uid this client does not trust: see \
 $HARPOCRATES_DAEMON_UID); 78 invalid state (e.g. a rotation step out of order); 124 timed \
@@ -115,8 +115,9 @@ pub enum AuditCommand {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Print the last audit events, one per line (time, uid, pid, operation, key or
-    /// kek@version, result, latency; the event's JSON with --json).
+    /// Print audit events, one per line (time, uid, pid, operation, key or kek@version,
+    /// result, latency; the event's JSON with --json): the last ones of a file, or the
+    /// next ones from the daemon's live stream (needs the `admin` right).
     Tail {
         /// Read this audit file (the daemon's `audit.file`) instead of the daemon's live
         /// stream.
@@ -125,7 +126,8 @@ pub enum AuditCommand {
         /// Keep printing new events as they are written, across rotations (Ctrl-C ends).
         #[arg(long, short = 'f')]
         follow: bool,
-        /// How many of the last events to print first.
+        /// How many of the last events of the file to print first; from the live stream
+        /// (which has no past), how many events to wait for when not following.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
         lines: usize,
     },

@@ -96,6 +96,8 @@ fn exit_code(e: &Error) -> u8 {
         Error::UnsupportedVersion(_) | Error::Unsupported(_) | Error::Protocol(_) => 76,
         Error::PermissionDenied(_) => 77,
         Error::InvalidState(_) => 78,
+        // Like unavailable: an operator has to fix the daemon's audit storage.
+        Error::AuditUnavailable(_) => 69,
         Error::Timeout(_) => EXIT_TIMEOUT,
         _ => 1,
     }

@@ -137,6 +137,12 @@ impl AuditFile {
         }
     }
 
+    /// Encodes one event rendered by `write` (see [`chain::encode_event_with`]) into the
+    /// pending buffer.
+    pub fn append_rendered(&mut self, write: impl Fn(&mut Vec<u8>)) {
+        self.push(|buf, head| chain::encode_event_with(buf, head, &write));
+    }
+
     /// Writes everything appended since the last commit, with an `fdatasync` when `sync`.
     /// On error nothing of it is in the file (it is cut back), the chain head is the last
     /// committed one and the pending records are discarded.

@@ -1,6 +1,6 @@
 //! The audit actor's logic: what an audit event holds, which sinks receive it, and how a
 //! burst of events is written. [`actor`] is the actix glue (mailbox, group commit,
-//! durable waits); [`file`] is the hash-chained file.
+//! durable waits); [`mod@file`] is the hash-chained file.
 //!
 //! Events are built on the I/O thread from what the router already holds (the caller's
 //! credentials behind an `Arc`, the operation, the names) and turned into text only
@@ -130,6 +130,66 @@ impl Event {
         }
     }
 
+    /// Appends the event as the JSON object serde makes of its [`AuditEvent`] (same
+    /// members, same order), straight from this struct: the audit file's hot path.
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        use chain::{push_json_str, push_u64};
+        use harpocrates_protocol::audit::chain;
+        use std::io::Write;
+        fn opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {
+            match v {
+                Some(n) => push_u64(buf, n),
+                None => buf.extend_from_slice(b"null"),
+            }
+        }
+        fn opt_str(buf: &mut Vec<u8>, v: Option<&str>) {
+            match v {
+                Some(s) => push_json_str(buf, s),
+                None => buf.extend_from_slice(b"null"),
+            }
+        }
+        buf.extend_from_slice(b"{\"time\":\"");
+        // RFC 3339 is plain ASCII: no escaping needed.
+        let _ = write!(buf, "{}", humantime::format_rfc3339_micros(self.at));
+        buf.extend_from_slice(b"\",\"uid\":");
+        push_u64(buf, self.caller.uid.into());
+        buf.extend_from_slice(b",\"gid\":");
+        push_u64(buf, self.caller.gid.into());
+        buf.extend_from_slice(b",\"pid\":");
+        match self.caller.pid {
+            Some(pid) => {
+                let _ = write!(buf, "{pid}");
+            }
+            None => buf.extend_from_slice(b"null"),
+        }
+        buf.extend_from_slice(b",\"exe\":");
+        opt_str(buf, self.caller.exe.as_deref());
+        buf.extend_from_slice(b",\"conn\":");
+        push_u64(buf, self.conn);
+        buf.extend_from_slice(b",\"request\":");
+        push_u64(buf, self.request);
+        buf.extend_from_slice(b",\"element\":");
+        opt_u64(buf, self.element.map(u64::from));
+        buf.extend_from_slice(b",\"op\":\"");
+        buf.extend_from_slice(self.op.name().as_bytes());
+        buf.extend_from_slice(b"\",\"class\":\"");
+        buf.extend_from_slice(self.op.class().name().as_bytes());
+        buf.extend_from_slice(b"\",\"key\":");
+        opt_str(buf, self.key.as_deref());
+        buf.extend_from_slice(b",\"kek\":");
+        opt_str(buf, self.kek.as_deref());
+        buf.extend_from_slice(b",\"version\":");
+        opt_u64(buf, self.version.map(u64::from));
+        buf.extend_from_slice(match self.phase {
+            AuditPhase::Intent => b",\"phase\":\"intent\",\"result\":\"",
+            AuditPhase::Done => b",\"phase\":\"done\",\"result\":\"",
+        });
+        buf.extend_from_slice(self.error.map_or("ok", ErrorCode::name).as_bytes());
+        buf.extend_from_slice(b"\",\"latency_us\":");
+        push_u64(buf, u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX));
+        buf.push(b'}');
+    }
+
     /// Whether this event must be durable before the operation runs or answers.
     pub fn changes_keys(&self) -> bool {
         use harpocrates_protocol::OpClass::{Manage, Rotate};
@@ -185,17 +245,18 @@ impl Sinks {
     /// Takes a burst of events: queued for the file (written by [`commit`](Self::commit)),
     /// journaled and streamed now.
     pub fn accept(&mut self, events: &[Event]) {
-        let wire: Vec<AuditEvent> = events.iter().map(Event::to_wire).collect();
         if let Some(file) = &mut self.file {
-            file.append(wire.iter());
+            for event in events {
+                file.append_rendered(|buf| event.write_json(buf));
+            }
         }
-        for (event, record) in events.iter().zip(&wire) {
+        for event in events {
             if journal_wants(self.journal, event) {
-                journal(record);
+                journal(&event.to_wire());
             }
         }
         if !self.subscribers.is_empty() {
-            self.stream(wire);
+            self.stream(events.iter().map(Event::to_wire).collect());
         }
     }
 
@@ -315,6 +376,29 @@ mod tests {
         assert_eq!((w.result.as_str(), w.latency_us, w.element), ("ok", 17, Some(1)));
         let denied = event(Op::Decrypt, Some(ErrorCode::PermissionDenied)).to_wire();
         assert_eq!(denied.result, "permission_denied");
+    }
+
+    #[test]
+    fn the_file_rendering_is_the_wire_record() {
+        use harpocrates_protocol::audit::chain::{
+            ChainHead, RecordBody, decode_line, encode_event_with,
+        };
+        let mut events = vec![
+            event(Op::EnvelopeEncrypt, None),
+            event(Op::Decrypt, Some(ErrorCode::PermissionDenied)),
+        ];
+        events[1].key = Some("we\"ird\n\\name".into());
+        events[1].kek = None;
+        events[1].version = None;
+        events[1].element = None;
+        events[1].phase = AuditPhase::Intent;
+        events[1].caller = Arc::new(Peer { uid: 5, gid: 6, pid: None, groups: vec![], exe: None });
+        for e in &events {
+            let mut line = Vec::new();
+            encode_event_with(&mut line, &ChainHead::default(), |buf| e.write_json(buf));
+            let record = decode_line(line.strip_suffix(b"\n").expect("one line")).expect("decodes");
+            assert_eq!(record.body, RecordBody::Event(e.to_wire()));
+        }
     }
 
     #[test]
