@@ -14,8 +14,28 @@ use harpocrates_protocol::{AuditEvent, Request, RequestFrame, Response, Response
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::client::Client;
 use crate::connection::{ClientOptions, Codec, handshake, within_connect_timeout};
 use crate::error::{Error, Result};
+
+impl Client {
+    /// A live stream of the daemon's audit events from now on, on a connection of its
+    /// own (callers granted `admin` only; a refusal is the stream's first item).
+    ///
+    /// ```no_run
+    /// # async fn f(client: harpocrates_client::Client) -> harpocrates_client::Result<()> {
+    /// use futures::StreamExt;
+    /// let mut events = client.audit_events().await?;
+    /// while let Some(event) = events.next().await {
+    ///     let e = event?;
+    ///     println!("{} uid={} {} {:?} {}", e.time, e.uid, e.op, e.key, e.result);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn audit_events(&self) -> Result<AuditStream> {
+        AuditStream::open(self.path(), self.options()).await
+    }
+}
 
 /// The frame id of the subscription (the handshake was 1).
 const SUBSCRIPTION_ID: u64 = 2;
@@ -63,7 +83,7 @@ impl Stream for AuditStream {
                 Ok(Response::AuditEvent(event)) => return Poll::Ready(Some(Ok(*event))),
                 Ok(other) => Some(Err(Error::Protocol(format!(
                     "the audit stream carried {}",
-                    crate::client::describe(&other)
+                    crate::error::describe(&other)
                 )))),
                 Err(e) => Some(Err(e.into())),
             },

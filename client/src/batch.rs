@@ -3,6 +3,13 @@
 use harpocrates_protocol::{KeyAttributes, Request, Response};
 
 use crate::client::Client;
+
+impl Client {
+    /// Starts an explicit batch: many operations in one frame, answered together.
+    pub fn batch(&self) -> BatchBuilder<'_> {
+        BatchBuilder::new(self)
+    }
+}
 use crate::error::{Error, Result};
 
 /// Collects operations to send as one `Batch` frame. Build with [`Client::batch`].
@@ -88,7 +95,7 @@ impl<'c> BatchBuilder<'c> {
             }
             other => Err(Error::Protocol(format!(
                 "a batch was answered with {}",
-                crate::client::describe(&other)
+                crate::error::describe(&other)
             ))),
         }
     }

@@ -9,7 +9,6 @@ use harpocrates_protocol::{
     Response, RotationStep, SecretBytes, paths,
 };
 
-use crate::batch::BatchBuilder;
 use crate::connection::{ClientOptions, Connection, ServerInfo};
 use crate::error::Result;
 
@@ -20,7 +19,7 @@ macro_rules! expect_response {
             $pattern => Ok($value),
             other => Err($crate::error::Error::Protocol(format!(
                 "unexpected answer: {}",
-                $crate::client::describe(&other)
+                $crate::error::describe(&other)
             ))),
         }
     };
@@ -49,6 +48,16 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// The daemon's socket.
+    pub(crate) fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options connections are made with.
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
     /// Connects to the daemon at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with(path, ClientOptions::default()).await
@@ -105,11 +114,6 @@ impl Client {
     /// usually more convenient.
     pub async fn call(&self, request: Request) -> Result<Response> {
         Ok(self.connection().await?.call(request).await??)
-    }
-
-    /// Starts an explicit batch: many operations in one frame, answered together.
-    pub fn batch(&self) -> BatchBuilder<'_> {
-        BatchBuilder::new(self)
     }
 
     /// Round trip without touching the HSM.
@@ -329,46 +333,5 @@ impl Client {
     /// Operation counters and latencies.
     pub async fn metrics(&self) -> Result<MetricsSnapshot> {
         expect_response!(self.call(Request::GetMetrics).await?, Response::Metrics(m) => m)
-    }
-
-    /// A live stream of the daemon's audit events from now on, on a connection of its
-    /// own (callers granted `admin` only; a refusal is the stream's first item).
-    ///
-    /// ```no_run
-    /// # async fn f(client: harpocrates_client::Client) -> harpocrates_client::Result<()> {
-    /// use futures::StreamExt;
-    /// let mut events = client.audit_events().await?;
-    /// while let Some(event) = events.next().await {
-    ///     let e = event?;
-    ///     println!("{} uid={} {} {:?} {}", e.time, e.uid, e.op, e.key, e.result);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn audit_events(&self) -> Result<crate::audit::AuditStream> {
-        crate::audit::AuditStream::open(&self.inner.path, &self.inner.options).await
-    }
-}
-
-/// Names a response without printing its contents (which may be secret).
-pub(crate) fn describe(response: &Response) -> &'static str {
-    match response {
-        Response::Hello { .. } => "Hello",
-        Response::Pong => "Pong",
-        Response::Random(_) => "Random",
-        Response::KeyGenerated(_) => "KeyGenerated",
-        Response::Keys(_) => "Keys",
-        Response::Ciphertext(_) => "Ciphertext",
-        Response::Plaintext(_) => "Plaintext",
-        Response::KeyDestroyed => "KeyDestroyed",
-        Response::BackupSupported(_) => "BackupSupported",
-        Response::Health(_) => "Health",
-        Response::Metrics(_) => "Metrics",
-        Response::Batch(_) => "Batch",
-        Response::KeyBackup(_) => "KeyBackup",
-        Response::Kek(_) => "Kek",
-        Response::Keks(_) => "Keks",
-        Response::DataKey(_) => "DataKey",
-        Response::AuditEvent(_) => "AuditEvent",
-        _ => "a newer response kind",
     }
 }

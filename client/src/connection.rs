@@ -242,7 +242,7 @@ pub(crate) async fn handshake(path: &Path, options: &ClientOptions) -> Result<Ha
         Some(Ok(Ok(ResponseFrame { id, result: Ok(other) }))) => {
             return Err(Error::Protocol(format!(
                 "the handshake (id 1) was answered with {} for id {id}",
-                crate::client::describe(&other)
+                crate::error::describe(&other)
             )));
         }
         Some(Ok(Err(body))) => return Err(Error::Protocol(body.to_string())),
@@ -512,7 +512,7 @@ fn split_batch_answer(result: WireResult, replies: Vec<Reply>) {
                         replies.len()
                     )
                 }
-                other => format!("batch answered with {}", crate::client::describe(other)),
+                other => format!("batch answered with {}", crate::error::describe(other)),
             };
             for reply in replies {
                 let _ = reply.send(Err(Error::Protocol(msg.clone())));

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use harpocrates_protocol::{ErrorCode, WireError};
+use harpocrates_protocol::{ErrorCode, Response, WireError};
 
 /// Result of a client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -176,6 +176,30 @@ impl From<WireError> for Error {
             ErrorCode::AuditUnavailable => Error::AuditUnavailable(m),
             other => Error::Unknown { code: other.as_u16(), message: m },
         }
+    }
+}
+
+/// Names a response without printing its contents (which may be secret).
+pub(crate) fn describe(response: &Response) -> &'static str {
+    match response {
+        Response::Hello { .. } => "Hello",
+        Response::Pong => "Pong",
+        Response::Random(_) => "Random",
+        Response::KeyGenerated(_) => "KeyGenerated",
+        Response::Keys(_) => "Keys",
+        Response::Ciphertext(_) => "Ciphertext",
+        Response::Plaintext(_) => "Plaintext",
+        Response::KeyDestroyed => "KeyDestroyed",
+        Response::BackupSupported(_) => "BackupSupported",
+        Response::Health(_) => "Health",
+        Response::Metrics(_) => "Metrics",
+        Response::Batch(_) => "Batch",
+        Response::KeyBackup(_) => "KeyBackup",
+        Response::Kek(_) => "Kek",
+        Response::Keks(_) => "Keks",
+        Response::DataKey(_) => "DataKey",
+        Response::AuditEvent(_) => "AuditEvent",
+        _ => "a newer response kind",
     }
 }
 

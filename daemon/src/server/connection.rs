@@ -29,8 +29,8 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{Charge, ConnectionBudget, TotalBudget};
-use super::context::{ConnectionContext, RequestContext};
-use super::dispatch::{ConnectionLanes, Router};
+use super::context::{ConnectionContext, ConnectionLanes, RequestContext};
+use super::dispatch::Router;
 use super::frame_reader::{FrameReader, Incoming, ReadError};
 use crate::peer::Peer;
 

@@ -1,11 +1,11 @@
 //! Who asked and when: the context every request carries from its connection to the
 //! point where its outcome is recorded.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::dispatch::ConnectionLanes;
 use crate::peer::Peer;
 use crate::policy::Caller;
 
@@ -44,5 +44,27 @@ impl RequestContext {
     /// A request that arrived just now.
     pub fn now(conn: Rc<ConnectionContext>, id: u64) -> Self {
         Self { conn, id, arrived: Instant::now(), arrived_at: SystemTime::now() }
+    }
+}
+
+/// Password-KDF operations one connection may have running or queued at once.
+pub const MAX_KDF_PER_CONNECTION: usize = 4;
+
+/// What one connection has running in the pool's lanes.
+#[derive(Debug, Default)]
+pub struct ConnectionLanes {
+    kdf: Cell<usize>,
+}
+
+impl ConnectionLanes {
+    /// Takes up to `want` KDF slots; returns how many were granted.
+    pub(super) fn take_kdf(&self, want: usize) -> usize {
+        let granted = want.min(MAX_KDF_PER_CONNECTION.saturating_sub(self.kdf.get()));
+        self.kdf.set(self.kdf.get() + granted);
+        granted
+    }
+
+    pub(super) fn give_kdf(&self, n: usize) {
+        self.kdf.set(self.kdf.get() - n);
     }
 }

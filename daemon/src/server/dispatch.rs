@@ -18,7 +18,6 @@
 //! pool's KDF lane, at most [`MAX_KDF_PER_CONNECTION`] at a time per connection, so they
 //! can neither hold up cheap operations nor be queued without bound by one client.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use harpocrates_protocol::{
@@ -28,7 +27,7 @@ use harpocrates_protocol::{
 use actix::Addr;
 
 use super::admission::{Subject, admit};
-use super::context::RequestContext;
+use super::context::{ConnectionLanes, MAX_KDF_PER_CONNECTION, RequestContext};
 use crate::actors::audit::actor::{Auditor, MAX_SUBSCRIBERS, SubscribeError, Subscription};
 use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
 use crate::actors::session::pool::{Lane, SessionPool};
@@ -55,33 +54,11 @@ type IndexedAnswer = (usize, WireResult);
 /// Most operations handed to a session actor as one unit of work.
 pub const MAX_OPS_PER_UNIT: usize = 64;
 
-/// Password-KDF operations one connection may have running or queued at once.
-pub const MAX_KDF_PER_CONNECTION: usize = 4;
-
 /// Where one request is answered.
 enum Place {
     Here(WireResult),
     Pool,
     Keys,
-}
-
-/// What one connection has running in the pool's lanes.
-#[derive(Debug, Default)]
-pub struct ConnectionLanes {
-    kdf: Cell<usize>,
-}
-
-impl ConnectionLanes {
-    /// Takes up to `want` KDF slots; returns how many were granted.
-    fn take_kdf(&self, want: usize) -> usize {
-        let granted = want.min(MAX_KDF_PER_CONNECTION.saturating_sub(self.kdf.get()));
-        self.kdf.set(self.kdf.get() + granted);
-        granted
-    }
-
-    fn give_kdf(&self, n: usize) {
-        self.kdf.set(self.kdf.get() - n);
-    }
 }
 
 fn uses_kdf(request: &Request) -> bool {
