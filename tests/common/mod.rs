@@ -421,3 +421,326 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---- Test users, shared directories, child processes as other users, audit files.
+// (Used by tests/access.rs and tests/audit.rs.)
+
+/// A local account the tests switch child processes to.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+/// Passes with a note on a developer's machine, fails in CI.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{reason} (CI is set, so this is a failure, not a skip)");
+    }
+    eprintln!("skipping: {reason}");
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn account_id(flag: &str, name: &str) -> Option<u32> {
+    let out = Command::new("id").args([flag, name]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The two test users named by `HARPOCRATES_TEST_USERS` (default
+/// `harpotest1,harpotest2`), or `None` (after [`skip`]) when this run cannot switch to
+/// them.
+pub fn test_users() -> Option<(TestUser, TestUser)> {
+    if !is_root() {
+        skip("switching to the test users needs root");
+        return None;
+    }
+    let names = std::env::var("HARPOCRATES_TEST_USERS")
+        .unwrap_or_else(|_| "harpotest1,harpotest2".to_owned());
+    let users: Vec<TestUser> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .filter_map(|name| {
+            Some(TestUser {
+                name: name.to_owned(),
+                uid: account_id("-u", name)?,
+                gid: account_id("-g", name)?,
+            })
+        })
+        .collect();
+    match users.as_slice() {
+        [a, b, ..] if a.uid != 0 && b.uid != 0 && a.uid != b.uid => Some((a.clone(), b.clone())),
+        _ => {
+            skip(&format!(
+                "two distinct non-root test users are needed; HARPOCRATES_TEST_USERS={names} \
+                 resolved to {users:?} (create them with useradd, as CI does)"
+            ));
+            None
+        }
+    }
+}
+
+/// A directory under /tmp (whatever `TMPDIR` says) that every user may enter: mode 0755,
+/// owned by us.
+pub fn shared_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir in /tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// `exe` itself when every user may run it where it is, else a copy in `dir` (the
+/// build's target directory may sit below a directory only its owner can enter).
+pub fn runnable_by_everyone(exe: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let everyone_may =
+        |p: &Path, bit: u32| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bit != 0);
+    if everyone_may(exe, 0o001) && exe.ancestors().skip(1).all(|a| everyone_may(a, 0o001)) {
+        return exe.to_owned();
+    }
+    let copy = dir.join(exe.file_name().expect("executable name"));
+    if !copy.exists() {
+        std::fs::copy(exe, &copy).expect("copy executable");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    copy
+}
+
+/// What a child process did.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error, as text.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Standard output as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `exe args` as `user` (or as ourselves with `None`) in `/`, with `env` added and
+/// `stdin` fed in; a process still running after 60 s is killed and fails the test.
+pub fn run_as(
+    exe: &Path,
+    user: Option<&TestUser>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Ran {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env_remove("HARPOCRATES_DAEMON_UID")
+        .env_remove("HARPOCRATES_SOCKET")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = user {
+        // std drops the supplementary groups, then sets the gid and the uid.
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {}: {e}", exe.display()));
+    let input = stdin.to_vec();
+    let mut pipe = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} ran for more than 60 s", exe.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = feeder.join();
+    Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().expect("stdout"),
+        stderr: String::from_utf8_lossy(&stderr.join().expect("stderr")).into_owned(),
+    }
+}
+
+/// Polls `probe` every 10 ms until it returns `Some`, failing the test after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The environment variable that puts a test binary re-run by [`run_self_as`] into its
+/// child role; its value is the test's argument (a socket path, say).
+pub const CHILD_ENV: &str = "HARPO_TEST_CHILD";
+
+/// Marks the lines a child prints for its parent.
+pub const CHILD_MARK: &str = "HARPO-CHILD-RESULT ";
+
+/// In a test that re-runs itself as another user: the argument given by the parent, or
+/// `None` in the parent.
+pub fn child_argument() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Prints a result for the parent of a child test.
+pub fn child_report(value: &serde_json::Value) {
+    println!("{CHILD_MARK}{value}");
+}
+
+/// Runs the test `test` of this test binary as `user`, with [`CHILD_ENV`] set to
+/// `argument`, and returns what the child reported with [`child_report`].
+pub fn run_self_as(
+    user: &TestUser,
+    test: &str,
+    argument: &str,
+    copy_dir: &Path,
+) -> Vec<serde_json::Value> {
+    let exe = std::env::current_exe().expect("test executable");
+    let exe = runnable_by_everyone(&exe, copy_dir);
+    let ran = run_as(
+        &exe,
+        Some(user),
+        &[test, "--exact", "--nocapture", "--test-threads=1"],
+        &[(CHILD_ENV, argument)],
+        b"",
+    );
+    assert_eq!(ran.code, 0, "child {test} as {} failed: {}\n{}", user.name, ran.out(), ran.stderr);
+    let reports: Vec<serde_json::Value> = ran
+        .out()
+        .lines()
+        // With --nocapture the harness's "test name ... " may precede a report on its line.
+        .filter_map(|l| l.find(CHILD_MARK).map(|at| &l[at + CHILD_MARK.len()..]))
+        .map(|l| serde_json::from_str(l).expect("child report is JSON"))
+        .collect();
+    assert!(!reports.is_empty(), "child {test} reported nothing: {}", ran.out());
+    reports
+}
+
+/// The files of the audit chain whose active file is `active`, in chain order: the
+/// rotated `<name>.<k>` by `k`, then the active file.
+pub fn audit_chain_files(active: &Path) -> Vec<PathBuf> {
+    let dir = active.parent().expect("audit dir");
+    let name = active.file_name().and_then(|n| n.to_str()).expect("audit file name");
+    let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .expect("read audit dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().into_string().ok()?;
+            let k = n.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((k, e.path()))
+        })
+        .collect();
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if active.exists() {
+        files.push(active.to_owned());
+    }
+    files
+}
+
+/// Every event record of the audit chain whose active file is `active`, in order. Lines
+/// that are not (yet) whole records are skipped: the chain's integrity is for
+/// `harpoctl audit verify` to judge.
+pub fn audit_events(active: &Path) -> Vec<harpocrates::protocol::AuditEvent> {
+    use harpocrates::protocol::audit::chain::{RecordBody, decode_line};
+    let mut events = Vec::new();
+    for file in audit_chain_files(active) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if let Ok(record) = decode_line(line)
+                && let RecordBody::Event(event) = record.body
+            {
+                events.push(event);
+            }
+        }
+    }
+    events
+}
+
+/// Waits until the audit chain at `active` holds an event `matches` accepts, and
+/// returns it.
+pub fn wait_for_audit_event(
+    active: &Path,
+    what: &str,
+    matches: impl Fn(&harpocrates::protocol::AuditEvent) -> bool,
+) -> harpocrates::protocol::AuditEvent {
+    wait_for(Duration::from_secs(15), &format!("the audit record of {what}"), || {
+        audit_events(active).into_iter().find(|e| matches(e))
+    })
+}
+
+impl Daemon {
+    /// Starts a soft-token daemon that every user can reach: its directory is under /tmp
+    /// with mode 0755. `top` goes to the top level of its configuration, `tables`
+    /// (`[audit]`, `[[policy]]`, ...) after everything else.
+    pub fn start_shared(top: &str, tables: &str) -> Self {
+        let dir = shared_dir("harpo-daemon-");
+        let socket = dir.path().join("d.sock");
+        write_secret(&dir.path().join("pin"), &format!("{PIN}\n"));
+        let mut d = Daemon {
+            dir,
+            socket,
+            softhsm: None,
+            external: None,
+            env: Vec::new(),
+            child: None,
+            extra_config: top.to_owned(),
+            output: Arc::default(),
+            drains: Vec::new(),
+        };
+        d.rewrite_tables(tables);
+        d.spawn();
+        d
+    }
+
+    /// Writes the configuration again with `tables` in place of the earlier ones (for
+    /// a SIGHUP reload, or the next start).
+    pub fn rewrite_tables(&self, tables: &str) {
+        use std::io::Write;
+        self.write_config();
+        let mut file =
+            std::fs::OpenOptions::new().append(true).open(self.config_path()).expect("config");
+        write!(file, "\n{tables}\n").expect("append tables");
+    }
+}
