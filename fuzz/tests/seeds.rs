@@ -239,6 +239,8 @@ kdf_parallelism = 1
         ("bad-two-selectors", "backend = \"pkcs11\"\n[pkcs11]\nlibrary_path = \"/m.so\"\nslot_id = 1\ntoken_label = \"t\"\n"),
         ("bad-duration", "retry_delay = \"soon\"\n"),
         ("bad-socket-mode", "socket_mode = \"0999\"\n"),
+        ("valid-audit-and-policy", "[audit]\nfile = \"/var/log/harpocrates/audit.log\"\njournal = \"all\"\n\n[[policy]]\nname = \"ops\"\nusers = [\"root\"]\nkeks = [\"*\"]\nallow = [\"rotate\", \"admin\"]\n"),
+        ("bad-policy-class", "[[policy]]\nuids = [1000]\nkeys = [\"*\"]\nallow = [\"everything\"]\n"),
     ]
     .into_iter()
     .map(|(name, text)| (name, text.as_bytes().to_vec()))
@@ -250,6 +252,73 @@ fn config_ok(seed: &[u8]) -> bool {
     toml::from_str::<RawConfig>(text).ok().and_then(|raw| Settings::validate(raw).ok()).is_some()
 }
 
+/// A chain of a genesis and two events, whole or broken in the ways `verify` names. The
+/// first byte is the target's knob (where to split into two files): 0 keeps one file.
+fn audit_chain() -> Vec<(&'static str, Vec<u8>)> {
+    use harpocrates_protocol::audit::chain::{ChainHead, RecordBody, encode};
+    use harpocrates_protocol::{AuditEvent, AuditPhase};
+    let event = |op: &str, result: &str| AuditEvent {
+        time: "2026-11-29T04:05:06.123456Z".into(),
+        uid: 1001,
+        gid: 1001,
+        pid: Some(42),
+        exe: Some("/usr/bin/app".into()),
+        conn: 1,
+        request: 2,
+        element: None,
+        op: op.into(),
+        class: "use".into(),
+        key: Some("orders".into()),
+        kek: None,
+        version: None,
+        phase: AuditPhase::Done,
+        result: result.into(),
+        latency_us: 17,
+    };
+    let mut head = ChainHead::default();
+    let mut lines = Vec::new();
+    for body in [
+        RecordBody::Genesis { time: "2026-11-29T04:05:06.000001Z".into(), nonce: [7; 32] },
+        RecordBody::Event(event("encrypt", "ok")),
+        RecordBody::Event(event("decrypt", "permission_denied")),
+    ] {
+        let (line, next) = encode(&head, &body);
+        lines.push(line.into_bytes());
+        head = next;
+    }
+    let whole = |lines: &[Vec<u8>]| {
+        let mut out = vec![0u8];
+        lines.iter().for_each(|l| out.extend_from_slice(l));
+        out
+    };
+    let mut changed = whole(&lines);
+    let at = changed.len() - 100;
+    changed[at] ^= 1;
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let mut truncated = whole(&lines);
+    truncated.truncate(truncated.len() - 10);
+    vec![
+        ("valid-chain", whole(&lines)),
+        ("bad-changed-byte", changed),
+        ("bad-swapped", whole(&swapped)),
+        ("bad-truncated", truncated),
+        ("bad-no-genesis", whole(&lines[1..])),
+    ]
+}
+
+fn audit_chain_ok(seed: &[u8]) -> bool {
+    use harpocrates_protocol::audit::chain::Verifier;
+    let Some((_, body)) = seed.split_first() else { return false };
+    let mut v = Verifier::new();
+    v.start_file("audit.log").is_ok()
+        && body
+            .split_inclusive(|b| *b == b'\n')
+            .enumerate()
+            .all(|(n, line)| v.line(n as u64 + 1, line).is_ok())
+        && v.finish().is_ok()
+}
+
 fn seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>, fn(&[u8]) -> bool)> {
     vec![
         ("frame_decoder", frame_decoder(), |s| decode_frames(s).is_some_and(|n| n > 0)),
@@ -258,6 +327,7 @@ fn seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>, fn(&[u8]) -> bool
         ("wrapped_data_key", wrapped_data_key(), wrapped_ok),
         ("backup", backup(), |s| backup::open(s, PASSWORD).is_ok()),
         ("config", config(), config_ok),
+        ("audit_chain", audit_chain(), audit_chain_ok),
     ]
 }
 
