@@ -139,6 +139,7 @@ impl Router {
                 ),
             })
         });
+        // The stream itself is the answer; the record only needs how the subscription ended.
         let answer = result.as_ref().map(|_| Response::Pong).map_err(Clone::clone);
         self.complete(ctx, vec![subject], vec![answer]).await;
         result
