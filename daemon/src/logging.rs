@@ -4,11 +4,13 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// The tracing target of audit events (see `actors::audit`).
+pub const AUDIT_TARGET: &str = "harpocrates::audit";
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = filter(level, from_env.as_deref());
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
@@ -29,4 +31,59 @@ pub fn init(level: &str) {
     let _ = registry
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
         .try_init();
+}
+
+/// The filter: `rust_log` (else `level`), with audit records always let through unless
+/// the filter names their target itself.
+fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
+    let spec = rust_log.unwrap_or(level);
+    let mut filter = EnvFilter::try_new(spec)
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Audit records are not diagnostics: `log_level = "warn"` must not silence them (the
+    // `[audit] journal` setting decides).
+    if !spec.contains(AUDIT_TARGET)
+        && let Ok(directive) = format!("{AUDIT_TARGET}=info").parse()
+    {
+        filter = filter.add_directive(directive);
+    }
+    filter
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Counts the events that pass the filter.
+    struct Count(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn passed(level: &str, rust_log: Option<&str>) -> usize {
+        let n = Arc::new(AtomicUsize::new(0));
+        let subscriber =
+            tracing_subscriber::registry().with(filter(level, rust_log)).with(Count(n.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: AUDIT_TARGET, "an audit record");
+            tracing::info!("a diagnostic");
+        });
+        n.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_quiet_log_level_does_not_silence_audit_records() {
+        assert_eq!(passed("warn", None), 1, "the audit record only");
+        assert_eq!(passed("info", Some("error")), 1, "RUST_LOG too");
+        assert_eq!(passed("info", None), 2);
+        assert_eq!(passed("warn", Some("harpocrates::audit=off")), 0, "named, it is obeyed");
+    }
 }

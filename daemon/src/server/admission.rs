@@ -225,6 +225,41 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_with_only_rotate_rights_may_list_but_not_use() {
+        use crate::policy::{Caller, Policy, raw::RawRule};
+        let rule = RawRule {
+            uids: vec![4242],
+            keks: vec!["pay-*".into()],
+            allow: vec!["rotate".into()],
+            ..RawRule::default()
+        };
+        let policy = Policy::new(&[rule], std::path::Path::new("t.toml"), &[0]).expect("policy");
+        let grants = policy.grants(&Caller { uid: 4242, gid: 4242, groups: &[] });
+        let check = |r: Request| admit(&r, &Subject::of(&r, None), &grants).map_err(|e| e.code);
+        assert_eq!(check(Request::ListKeks), Ok(()));
+        assert_eq!(check(Request::ListKeys), Ok(()), "filtered to nothing, but allowed");
+        let rotate = Request::Rotation {
+            kek: "pay-1".into(),
+            step: harpocrates_protocol::RotationStep::Status,
+        };
+        assert_eq!(check(rotate), Ok(()));
+        assert_eq!(check(Request::GenerateRandom { len: 8 }), Err(ErrorCode::PermissionDenied));
+        let seal = Request::EnvelopeEncrypt {
+            kek: "pay-1".into(),
+            context: vec![],
+            plaintext: vec![].into(),
+            aad: None,
+        };
+        assert_eq!(check(seal), Err(ErrorCode::PermissionDenied));
+        let stranger = policy.grants(&Caller { uid: 7, gid: 7, groups: &[] });
+        let r = Request::ListKeks;
+        assert_eq!(
+            admit(&r, &Subject::of(&r, None), &stranger).map_err(|e| e.code),
+            Err(ErrorCode::PermissionDenied)
+        );
+    }
+
+    #[test]
     fn the_subject_names_the_key_or_the_kek_inside_a_ciphertext() {
         let s = Subject::of(&Request::DestroyKey { key: "orders".into() }, Some(3));
         assert_eq!((s.op, s.key.as_deref(), s.element), (Op::DestroyKey, Some("orders"), Some(3)));

@@ -320,7 +320,7 @@ fn lagged(next: &AuditEvent, missed: u64) -> AuditEvent {
 /// prefix) or stderr.
 fn journal(e: &AuditEvent) {
     tracing::info!(
-        target: "harpocrates::audit",
+        target: crate::logging::AUDIT_TARGET,
         op = %e.op,
         class = %e.class,
         key = e.key.as_deref().unwrap_or(""),

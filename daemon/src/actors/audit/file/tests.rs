@@ -341,8 +341,17 @@ fn unsafe_places_and_broken_chains_are_refused() {
 
     // A last record that does not check out is not built upon.
     let mut bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    bytes[n - 10] ^= 1;
+    // A digit of the last record's time: still JSON, still a digit, but not what was
+    // hashed. (A flipped hash character could stop being hex, which is another fault.)
+    let last = bytes[..bytes.len() - 1].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let time = last
+        + bytes[last..]
+            .windows(8)
+            .position(|w| w == b"\"time\":\"")
+            .expect("the last record has a time")
+        + 8;
+    assert!(bytes[time].is_ascii_digit());
+    bytes[time] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     let e = AuditFile::open(&path, 1 << 20).unwrap_err();
     assert!(matches!(e, AuditFileError::Corrupt { .. }), "{e}");
