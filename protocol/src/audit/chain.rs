@@ -322,6 +322,12 @@ fn push_time(buf: &mut Vec<u8>, time: &str) {
 /// only.
 pub fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
+    // Names and paths rarely need escaping: copy them whole when they do not.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     for &b in s.as_bytes() {
         match b {
             b'"' => buf.extend_from_slice(b"\\\""),
@@ -358,9 +364,14 @@ pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 }
 
 fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        buf.push(HEX[usize::from(b >> 4)]);
-        buf.push(HEX[usize::from(b & 0xf)]);
+    // Into a stack buffer, then one copy: the hot path writes two hashes per record.
+    let mut out = [0u8; 2 * HASH_LEN];
+    for chunk in bytes.chunks(HASH_LEN) {
+        for (pair, &b) in out.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        buf.extend_from_slice(&out[..2 * chunk.len()]);
     }
 }
 

@@ -157,6 +157,7 @@ impl Event {
         push_u64(buf, self.caller.gid.into());
         buf.extend_from_slice(b",\"pid\":");
         match self.caller.pid {
+            Some(pid) if pid >= 0 => push_u64(buf, pid.unsigned_abs().into()),
             Some(pid) => {
                 let _ = write!(buf, "{pid}");
             }
