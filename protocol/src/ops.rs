@@ -37,6 +37,12 @@ impl OpClass {
         OpClass::Admin,
     ];
 
+    /// Whether operations of this class change which keys exist or which version is
+    /// in use (`manage`, `rotate`): their audit intent must be durable before they run.
+    pub const fn changes_keys(self) -> bool {
+        matches!(self, OpClass::Manage | OpClass::Rotate)
+    }
+
     /// The class's stable name (`use`, `manage`, ...), as policies and audit records
     /// spell it.
     pub const fn name(self) -> &'static str {

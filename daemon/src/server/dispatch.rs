@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use harpocrates_protocol::{
-    AuditPhase, ErrorCode, MAX_BATCH_LEN, Op, OpClass, Request, Response, WireError, WireResult,
+    AuditPhase, ErrorCode, MAX_BATCH_LEN, Op, Request, Response, WireError, WireResult,
 };
 
 use actix::Addr;
@@ -72,10 +72,6 @@ fn kdf_busy() -> WireError {
             "at most {MAX_KDF_PER_CONNECTION} backup or restore operations may run per connection; retry when one finishes"
         ),
     )
-}
-
-fn changes_keys(op: Op) -> bool {
-    matches!(op.class(), OpClass::Manage | OpClass::Rotate)
 }
 
 impl Router {
@@ -215,7 +211,7 @@ impl Router {
             .iter()
             .chain(for_keys.iter())
             .map(|(i, _)| *i)
-            .filter(|&i| changes_keys(subjects[i].op))
+            .filter(|&i| subjects[i].op.class().changes_keys())
             .collect();
         if changing.is_empty() {
             return;

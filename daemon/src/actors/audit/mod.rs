@@ -190,12 +190,6 @@ impl Event {
         push_u64(buf, u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX));
         buf.push(b'}');
     }
-
-    /// Whether this event must be durable before the operation runs or answers.
-    pub fn changes_keys(&self) -> bool {
-        use harpocrates_protocol::OpClass::{Manage, Rotate};
-        matches!(self.op.class(), Manage | Rotate)
-    }
 }
 
 /// Whether `event` goes to the journal under `mode`.
@@ -204,7 +198,7 @@ pub fn journal_wants(mode: JournalMode, event: &Event) -> bool {
         JournalMode::Off => false,
         JournalMode::All => true,
         JournalMode::Changes => {
-            event.changes_keys() || event.error == Some(ErrorCode::PermissionDenied)
+            event.op.class().changes_keys() || event.error == Some(ErrorCode::PermissionDenied)
         }
     }
 }
@@ -251,14 +245,19 @@ impl Sinks {
                 file.append_rendered(|buf| event.write_json(buf));
             }
         }
-        for event in events {
-            if journal_wants(self.journal, event) {
-                journal(&event.to_wire());
+        let journaled = |e: &Event| journal_wants(self.journal, e);
+        if self.subscribers.is_empty() {
+            events.iter().filter(|e| journaled(e)).for_each(|e| journal(&e.to_wire()));
+            return;
+        }
+        // Subscribers get every event: render each once for both sinks.
+        let wire: Vec<AuditEvent> = events.iter().map(Event::to_wire).collect();
+        for (event, record) in events.iter().zip(&wire) {
+            if journaled(event) {
+                journal(record);
             }
         }
-        if !self.subscribers.is_empty() {
-            self.stream(events.iter().map(Event::to_wire).collect());
-        }
+        self.stream(wire);
     }
 
     fn stream(&mut self, wire: Vec<AuditEvent>) {
