@@ -60,11 +60,17 @@ fn cipher(dek: &[u8]) -> Result<Aes256Gcm, BackendError> {
 
 /// Reads the KEK version an envelope names, without decrypting.
 pub fn kek_of(ciphertext: &[u8]) -> Result<KekId, BackendError> {
-    parse(ciphertext).map(|p| p.kek)
+    kek_named(ciphertext).map(|(name, version)| KekId { name: name.to_owned(), version })
+}
+
+/// [`kek_of`], borrowing the name from the ciphertext: nothing is allocated.
+pub fn kek_named(ciphertext: &[u8]) -> Result<(&str, u32), BackendError> {
+    parse(ciphertext).map(|p| (p.kek_name, p.version))
 }
 
 struct Parsed<'a> {
-    kek: KekId,
+    kek_name: &'a str,
+    version: u32,
     header: &'a [u8],
     nonce: &'a [u8],
     sealed: &'a [u8],
@@ -85,7 +91,8 @@ fn parse(ct: &[u8]) -> Result<Parsed<'_>, BackendError> {
     crate::keys::name::validate_label(name).map_err(|_| bad("invalid KEK name"))?;
     let version = u32::from_be_bytes([ct[2 + n], ct[3 + n], ct[4 + n], ct[5 + n]]);
     Ok(Parsed {
-        kek: KekId { name: name.to_owned(), version },
+        kek_name: name,
+        version,
         header: &ct[..header_len],
         nonce: &ct[header_len..header_len + NONCE_LEN],
         sealed: &ct[header_len + NONCE_LEN..],

@@ -56,9 +56,9 @@ impl Subject {
                 }
             }
             Target::InCiphertext => match named_kek(request) {
-                Some(id) => {
-                    s.kek = Some(id.name.into());
-                    s.version = Some(id.version);
+                Some((name, version)) => {
+                    s.kek = Some(name);
+                    s.version = Some(version);
                 }
                 None => s.unparsed = true,
             },
@@ -90,18 +90,20 @@ fn recorded(name: &str) -> Arc<str> {
 }
 
 /// The KEK a ciphertext or wrapped data key names in its header.
-fn named_kek(request: &Request) -> Option<harpocrates_protocol::KekId> {
-    let bytes = match request {
-        Request::UnwrapDataKey { wrapped } => return parse_wrapped(wrapped).ok().map(|(id, _)| id),
-        Request::EnvelopeDecrypt { ciphertext, .. } | Request::Rewrap { ciphertext, .. } => {
-            ciphertext
+fn named_kek(request: &Request) -> Option<(Arc<str>, u32)> {
+    let wrapped = |w: &[u8]| parse_wrapped(w).ok().map(|(id, _)| (id.name.into(), id.version));
+    match request {
+        Request::UnwrapDataKey { wrapped: w } => wrapped(w),
+        // A rewrap takes either form, told apart by the first byte.
+        Request::EnvelopeDecrypt { ciphertext, .. } | Request::Rewrap { ciphertext, .. }
+            if ciphertext.first() == Some(&WRAPPED_V1) =>
+        {
+            wrapped(ciphertext)
         }
-        _ => return None,
-    };
-    if bytes.first() == Some(&WRAPPED_V1) {
-        parse_wrapped(bytes).ok().map(|(id, _)| id)
-    } else {
-        envelope::kek_of(bytes).ok()
+        Request::EnvelopeDecrypt { ciphertext, .. } | Request::Rewrap { ciphertext, .. } => {
+            envelope::kek_named(ciphertext).ok().map(|(name, version)| (name.into(), version))
+        }
+        _ => None,
     }
 }
 

@@ -121,7 +121,7 @@ fn version_in(op: Op, answer: &WireResult) -> Option<u32> {
     match answer.as_ref().ok()? {
         Response::DataKey(dk) => Some(dk.kek.version),
         Response::Ciphertext(ct) if matches!(op, Op::EnvelopeEncrypt | Op::Rewrap) => {
-            envelope::kek_of(ct).ok().map(|id| id.version)
+            envelope::kek_named(ct).ok().map(|(_, version)| version)
         }
         Response::Kek(info) => Some(info.pending_version.unwrap_or(info.active_version)),
         _ => None,
