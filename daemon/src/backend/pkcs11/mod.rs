@@ -11,6 +11,7 @@
 //! with a session error and are reopened by their actors.
 
 pub mod errors;
+pub mod raw;
 pub mod session;
 pub mod uri;
 
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     pub creating: Mutex<()>,
     /// The token offers CKM_AES_KEY_WRAP_PAD, which backups need.
     pub can_wrap: bool,
+    /// Single-call AES-GCM, past cryptoki's length query.
+    pub raw: raw::RawCalls,
 }
 
 /// The backend handle the daemon holds.
@@ -151,6 +154,7 @@ impl Pkcs11Backend {
         let can_wrap = ctx
             .get_mechanism_info(slot, cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD)
             .is_ok();
+        let raw = raw::RawCalls::load(&config.library_path).map_err(startup)?;
         let backend = Self {
             shared: Arc::new(Shared {
                 ctx,
@@ -163,6 +167,7 @@ impl Pkcs11Backend {
                 reinit: Mutex::new(()),
                 creating: Mutex::new(()),
                 can_wrap,
+                raw,
             }),
         };
         Ok(backend)

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use harpocrates_protocol::{KeyAlgorithm, KeyAttributes, KeyInfo, SecretBytes};
@@ -20,7 +19,7 @@ use crate::backend::{
     BackendError, BackendResult, BackendSession, KekKeyKind, SwapOutcome, split_key_ref,
 };
 use crate::formats::backup;
-use crate::formats::ciphertext::{self, IV_LEN, TAG_LEN};
+use crate::formats::ciphertext::{self, IV_LEN};
 use crate::formats::kdf::KdfParams;
 
 /// `CKA_APPLICATION` of the data objects the daemon keeps in the token.
@@ -57,12 +56,23 @@ fn aes_key_template(label: &str, id: &[u8], a: &KeyAttributes) -> Vec<Attribute>
     ]
 }
 
+/// IVs drawn from the token per `C_GenerateRandom`: one call serves a whole batch.
+const IVS_PER_DRAW: usize = 64;
+
+/// Random IVs drawn from the token in bulk, handed out one per encryption.
+struct IvReserve {
+    bytes: [u8; IV_LEN * IVS_PER_DRAW],
+    /// IVs already handed out; `IVS_PER_DRAW` means empty.
+    used: usize,
+}
+
 /// A session actor's PKCS#11 session.
 pub struct Pkcs11Session {
     shared: Arc<Shared>,
     /// Opened "no drop": [`Drop`] below decides whether closing it is safe.
     session: ManuallyDrop<Session>,
     generation: u64,
+    ivs: IvReserve,
 }
 
 impl Drop for Pkcs11Session {
@@ -92,7 +102,12 @@ impl Pkcs11Session {
             Ok(session)
         });
         match opened {
-            Ok(session) => Ok(Self { shared, session: ManuallyDrop::new(session), generation }),
+            Ok(session) => Ok(Self {
+                shared,
+                session: ManuallyDrop::new(session),
+                generation,
+                ivs: IvReserve { bytes: [0; IV_LEN * IVS_PER_DRAW], used: IVS_PER_DRAW },
+            }),
             Err(e) => {
                 if let CkError::Pkcs11(rv, _) = e
                     && errors::recovery(rv) == Recovery::Reinitialize
@@ -300,7 +315,7 @@ impl Pkcs11Session {
         &self,
         label: &str,
         what: &str,
-        op: impl Fn(&Session, &CachedKey) -> Result<T, CkError>,
+        mut op: impl FnMut(&Session, &CachedKey) -> Result<T, CkError>,
     ) -> BackendResult<T> {
         let key = self.key(label)?;
         match op(&self.session, &key) {
@@ -354,9 +369,21 @@ impl Pkcs11Session {
         Ok(id)
     }
 
-    fn random_iv(&self) -> BackendResult<[u8; IV_LEN]> {
+    /// A fresh random IV from the token's generator, drawn [`IVS_PER_DRAW`] at a time so
+    /// encryptions do not each cost a `C_GenerateRandom` (an IV is not secret; only its
+    /// uniqueness matters, and every IV is handed out once).
+    fn random_iv(&mut self) -> BackendResult<[u8; IV_LEN]> {
+        if self.ivs.used == IVS_PER_DRAW {
+            let mut fresh = [0u8; IV_LEN * IVS_PER_DRAW];
+            self.session
+                .generate_random_slice(&mut fresh)
+                .map_err(|e| self.fail(e, "generate IVs"))?;
+            self.ivs = IvReserve { bytes: fresh, used: 0 };
+        }
+        let at = self.ivs.used * IV_LEN;
+        self.ivs.used += 1;
         let mut iv = [0u8; IV_LEN];
-        self.session.generate_random_slice(&mut iv).map_err(|e| self.fail(e, "generate IV"))?;
+        iv.copy_from_slice(&self.ivs.bytes[at..at + IV_LEN]);
         Ok(iv)
     }
 }
@@ -414,13 +441,11 @@ impl BackendSession for Pkcs11Session {
     fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
         let iv = self.random_iv()?;
         let gcm_aad = ciphertext::gcm_aad(aad);
-        let sealed = self.with_key(key, "encrypt", |s, k| {
-            let mut iv = iv;
-            let params = GcmParams::new(&mut iv, &gcm_aad, ((TAG_LEN * 8) as u64).into())?;
-            s.encrypt(&Mechanism::AesGcm(params), k.handle, plaintext)
-        })?;
+        let raw = &self.shared.raw;
         let mut out = ciphertext::begin(&iv, plaintext.len());
-        out.extend_from_slice(&sealed);
+        self.with_key(key, "encrypt", |s, k| {
+            raw.gcm_encrypt(s, k.handle, &iv, &gcm_aad, plaintext, &mut out)
+        })?;
         Ok(out)
     }
 
@@ -428,12 +453,15 @@ impl BackendSession for Pkcs11Session {
         let parsed =
             ciphertext::parse(ct).map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
         let gcm_aad = ciphertext::gcm_aad(aad);
-        let plain = self.with_key(key, "decrypt", |s, k| {
-            let mut iv = *parsed.iv;
-            let params = GcmParams::new(&mut iv, &gcm_aad, ((TAG_LEN * 8) as u64).into())?;
-            s.decrypt(&Mechanism::AesGcm(params), k.handle, parsed.sealed)
+        let raw = &self.shared.raw;
+        // Sized exactly, so the plaintext is never moved to a larger buffer (and left
+        // behind unwiped).
+        let mut plain = Zeroizing::new(Vec::with_capacity(parsed.sealed.len()));
+        self.with_key(key, "decrypt", |s, k| {
+            plain.clear();
+            raw.gcm_decrypt(s, k.handle, parsed.iv, &gcm_aad, parsed.sealed, &mut plain)
         })?;
-        Ok(SecretBytes::new(plain))
+        Ok(plain.into())
     }
 
     fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
