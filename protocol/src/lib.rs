@@ -21,8 +21,10 @@
 
 pub mod audit;
 pub mod codec;
+pub mod envelope;
 pub mod error;
 pub mod kek;
+pub mod label;
 pub mod message;
 pub mod ops;
 pub mod paths;
