@@ -318,6 +318,20 @@ pub enum Request {
     /// the connection closes. A subscriber that falls behind is told how many events it
     /// missed (an event with op `audit_lagged`) rather than slowing the daemon down.
     SubscribeAudit,
+    /// The data key envelopes of `kek` under `context` are sealed with, for a client that
+    /// seals and opens envelopes in its own process (`export` access): the active
+    /// version's, or `version`'s when given (a version that may still decrypt). Answered
+    /// with [`Response::DataKey`]; the key opens every envelope of that version and
+    /// context, so it is as sensitive as the data.
+    EnvelopeDataKey {
+        /// The KEK's name.
+        kek: String,
+        /// The context the envelopes are bound to.
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        /// A version to decrypt with; `None` for the active one.
+        version: Option<u32>,
+    },
 }
 
 /// A successful answer.

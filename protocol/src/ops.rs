@@ -115,11 +115,13 @@ pub enum Op {
     RetireKekVersion,
     /// [`Request::SubscribeAudit`].
     SubscribeAudit,
+    /// [`Request::EnvelopeDataKey`].
+    EnvelopeDataKey,
 }
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 27] = [
         Op::Hello,
         Op::Ping,
         Op::GenerateRandom,
@@ -146,6 +148,7 @@ impl Op {
         Op::Rotation,
         Op::RetireKekVersion,
         Op::SubscribeAudit,
+        Op::EnvelopeDataKey,
     ];
 
     /// The stable name used in metrics, logs and audit records.
@@ -177,6 +180,7 @@ impl Op {
             Op::Rotation => "rotation",
             Op::RetireKekVersion => "retire_kek_version",
             Op::SubscribeAudit => "subscribe_audit",
+            Op::EnvelopeDataKey => "envelope_data_key",
         }
     }
 
@@ -193,7 +197,10 @@ impl Op {
             | Op::EnvelopeEncrypt
             | Op::EnvelopeDecrypt
             | Op::Rewrap => OpClass::Use,
-            Op::DeriveDataKey | Op::GenerateDataKey | Op::UnwrapDataKey => OpClass::Export,
+            Op::DeriveDataKey
+            | Op::GenerateDataKey
+            | Op::UnwrapDataKey
+            | Op::EnvelopeDataKey => OpClass::Export,
             Op::GenerateKey
             | Op::GenerateKeyWithAttributes
             | Op::DestroyKey
@@ -249,6 +256,7 @@ impl Request {
             Request::Rotation { .. } => Op::Rotation,
             Request::RetireKekVersion { .. } => Op::RetireKekVersion,
             Request::SubscribeAudit => Op::SubscribeAudit,
+            Request::EnvelopeDataKey { .. } => Op::EnvelopeDataKey,
         }
     }
 
@@ -269,6 +277,7 @@ impl Request {
             | Request::BackupKey { key, .. } => Target::Key(key.as_str()),
             Request::GenerateKek { name } => Target::Kek(name),
             Request::DeriveDataKey { kek, .. }
+            | Request::EnvelopeDataKey { kek, .. }
             | Request::GenerateDataKey { kek }
             | Request::EnvelopeEncrypt { kek, .. }
             | Request::Rotation { kek, .. }

@@ -334,6 +334,27 @@ impl KeyManager {
         Ok(DataKey { dek: dek.into(), kek, wrapped: None })
     }
 
+    /// `EnvelopeDataKey`: the key envelopes of the active version (or of `version`, if it
+    /// may still decrypt) under `context` are sealed with, for a client's local path.
+    pub async fn envelope_data_key(
+        &self,
+        name: &str,
+        context: &[u8],
+        version: Option<u32>,
+    ) -> Result<DataKey, WireError> {
+        let kek = match version {
+            None => self.active(name).await?,
+            Some(version) => {
+                let kek = KekId { name: name.to_owned(), version };
+                self.check_decrypt(&kek).await?;
+                kek
+            }
+        };
+        let mac = self.first_ref(&kek, Part::Mac).await?;
+        let dek = self.dek(&kek, mac, context, envelope::DEK_LEN, Purpose::Envelope, true).await?;
+        Ok(DataKey { dek: dek.into(), kek, wrapped: None })
+    }
+
     /// `EnvelopeEncrypt`.
     pub async fn envelope_encrypt(
         &self,

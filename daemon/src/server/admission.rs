@@ -190,7 +190,8 @@ pub fn validate(request: &Request) -> Result<(), WireError> {
             }
             context_size(context)
         }),
-        Request::EnvelopeEncrypt { kek, context, .. } => {
+        Request::EnvelopeEncrypt { kek, context, .. }
+        | Request::EnvelopeDataKey { kek, context, .. } => {
             label(kek).and_then(|()| context_size(context))
         }
         Request::EnvelopeDecrypt { context, .. } | Request::Rewrap { context, .. } => {

@@ -281,6 +281,9 @@ impl Router {
             Request::DeriveDataKey { kek, context, len } => {
                 km.derive_data_key(&kek, &context, len).await.map(Response::DataKey)
             }
+            Request::EnvelopeDataKey { kek, context, version } => {
+                km.envelope_data_key(&kek, &context, version).await.map(Response::DataKey)
+            }
             Request::GenerateDataKey { kek } => {
                 km.generate_data_key(&kek).await.map(Response::DataKey)
             }
@@ -365,6 +368,7 @@ impl Router {
             Op::GenerateKek
             | Op::ListKeks
             | Op::DeriveDataKey
+            | Op::EnvelopeDataKey
             | Op::GenerateDataKey
             | Op::UnwrapDataKey
             | Op::EnvelopeEncrypt
