@@ -101,6 +101,10 @@ pub enum Command {
     /// The daemon's hash-chained audit file: check it, read it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Load generator: throughput and latency percentiles of ping, random, encrypt,
+    /// decrypt, envelope, envelope-decrypt or derive, e.g. `bench --op encrypt --size 4k
+    /// -c 2 -t 128`.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `audit ...`

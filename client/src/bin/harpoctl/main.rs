@@ -2,6 +2,7 @@
 //! (`--json`, exit codes by error kind).
 
 mod audit;
+mod bench;
 mod cli;
 mod keymgr;
 mod output;
@@ -22,7 +23,13 @@ use output::Out;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out { json: cli.json };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // bench drives many connections at once: it gets every core, the rest one thread.
+    let mut builder = if matches!(cli.command, Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("harpoctl: cannot start a runtime: {e}");
@@ -126,6 +133,10 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         // Files only (the live tail connects by itself).
         return audit::run(cmd, &socket, options, out).await;
     }
+    if let Command::Bench(args) = cli.command {
+        // Opens its own connections, as many as asked.
+        return bench::run(args, &socket, options, out).await;
+    }
     let client = Client::connect_with(&socket, options).await?;
     match cli.command {
         Command::Ping => {
@@ -178,8 +189,8 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
         Command::Kek(cmd) => keymgr::kek(&client, out, cmd).await?,
         Command::Datakey(cmd) => keymgr::datakey(&client, out, cmd).await?,
         Command::Envelope(cmd) => keymgr::envelope(&client, cmd).await?,
-        // Answered above, from files, before connecting.
-        Command::Audit(_) => {}
+        // Answered above, before connecting.
+        Command::Audit(_) | Command::Bench(_) => {}
         Command::Encrypt(args) => {
             let plaintext = read_stdin()?;
             let ct = client.encrypt(&args.key, &plaintext, aad(&args)).await?;
