@@ -207,3 +207,84 @@ fn dev_mode_and_harpoctl_meet_on_the_default_socket() {
     assert!(common::wait_timeout(&mut daemon, std::time::Duration::from_secs(20)).success());
     assert!(!socket.exists());
 }
+
+/// `bench --json` lines, one object per op.
+fn bench_rows(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The checks every clean bench row passes.
+fn assert_clean_row(row: &serde_json::Value, operations: u64) {
+    assert_eq!(row["operations"], operations, "{row}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert!(row["ops_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{row}");
+    let [p50, p99, max] = ["p50_us", "p99_us", "max_us"].map(|k| row[k].as_u64().expect(k));
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{row}");
+}
+
+#[test]
+fn bench_reports_every_op_in_json_and_cleans_up_its_key() {
+    let d = Daemon::start();
+    let s = &d.socket;
+    let args = "bench --op ping,encrypt,envelope --size 64 -n 2000 -c 2 -t 16 --json";
+    let (code, out, err) = harpoctl(s, &args.split(' ').collect::<Vec<_>>(), b"");
+    assert_eq!(code, 0, "{err}");
+    let rows = bench_rows(&out);
+    let ops: Vec<_> = rows.iter().map(|r| r["op"].as_str().unwrap_or("?")).collect();
+    assert_eq!(ops, ["ping", "encrypt", "envelope"]);
+    for row in &rows {
+        assert_clean_row(row, 2000);
+        assert_eq!(
+            (&row["connections"], &row["concurrency"], &row["batch"]),
+            (&2.into(), &16.into(), &1.into()),
+            "{row}"
+        );
+    }
+    assert_eq!(rows[0]["size"], serde_json::Value::Null, "ping has no payload");
+    assert_eq!(rows[1]["size"], 64);
+
+    // The key bench created is gone; the KEK stays (KEKs cannot be destroyed).
+    let (_, out, _) = harpoctl(s, &["--json", "keys", "list"], b"");
+    assert!(!String::from_utf8_lossy(&out).contains("harpoctl-bench"), "key left behind");
+    let (_, out, _) = harpoctl(s, &["--json", "kek", "list"], b"");
+    assert!(String::from_utf8_lossy(&out).contains("harpoctl-bench"), "KEK kept");
+}
+
+#[test]
+fn bench_explicit_batches_count_operations_not_calls() {
+    let d = Daemon::start();
+    let s = &d.socket;
+    assert_eq!(harpoctl(s, &["keys", "generate", "mine"], b"").0, 0);
+    // 1000 is not a multiple of 32: the last batch is a short one.
+    let args = "bench --op encrypt,decrypt,derive --key mine --batch 32 -n 1000 -t 4 --json";
+    let (code, out, err) = harpoctl(s, &args.split(' ').collect::<Vec<_>>(), b"");
+    assert_eq!(code, 0, "{err}");
+    let rows = bench_rows(&out);
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_clean_row(row, 1000);
+        assert_eq!(row["batch"], 32, "{row}");
+        assert_eq!(row["calls"], 32, "31 full batches and one of 8: {row}");
+    }
+    let (_, out, _) = harpoctl(s, &["--json", "keys", "list"], b"");
+    assert!(String::from_utf8_lossy(&out).contains("\"mine\""), "a key bench found is kept");
+
+    // The table for people.
+    let (code, out, err) =
+        harpoctl(s, &["bench", "--op", "ping,random", "-n", "300", "-t", "8"], b"");
+    assert_eq!(code, 0, "{err}");
+    let table = String::from_utf8_lossy(&out);
+    eprintln!("{table}");
+    let lines: Vec<_> = table.lines().collect();
+    assert!(lines[0].starts_with("OP") && lines[0].contains("OPS/S") && lines[0].contains("P99"));
+    assert!(lines[1].starts_with("ping") && lines[2].starts_with("random"), "{table}");
+
+    // Failures are the usual ones.
+    let (code, _, err) = harpoctl(s, &["bench", "--batch", "0"], b"");
+    assert_eq!(code, 2, "usage: {err}");
+    let (code, _, err) = harpoctl(&d.dir.path().join("nothing.sock"), &["bench", "-n", "10"], b"");
+    assert_eq!(code, 69, "daemon unavailable: {err}");
+}
