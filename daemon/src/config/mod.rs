@@ -113,6 +113,9 @@ pub struct Settings {
     pub max_sessions: u32,
     /// Idle session lifetime.
     pub session_timeout: Duration,
+    /// Encryptions allowed per token key before it refuses (see
+    /// [`usage`](crate::actors::session::usage)).
+    pub max_encryptions_per_key: u64,
     /// Broken-session retry budget.
     pub retry: RetryPolicy,
     /// Key-manager settings.
@@ -311,6 +314,13 @@ impl Settings {
                 "session_timeout",
                 raw.session_timeout.as_deref(),
                 Duration::from_secs(30 * 60),
+            )?,
+            max_encryptions_per_key: bounded(
+                "max_encryptions_per_key",
+                raw.max_encryptions_per_key,
+                crate::actors::session::usage::NIST_RANDOM_IV_LIMIT,
+                1,
+                crate::actors::session::usage::NIST_RANDOM_IV_LIMIT,
             )?,
             retry: RetryPolicy {
                 attempts: bounded("retry_attempts", raw.retry_attempts, 3, 0, 100)? as u32,

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub max_sessions: Option<u64>,
     /// Idle time after which a session is reopened, e.g. `"30m"`.
     pub session_timeout: Option<String>,
+    /// AES-GCM encryptions allowed per token key (random IVs; at most 2^32).
+    pub max_encryptions_per_key: Option<u64>,
     /// Retries after a broken session.
     pub retry_attempts: Option<u64>,
     /// Pause before each retry, e.g. `"5s"`.

@@ -31,6 +31,7 @@ use actix::Actor;
 use crate::actors::audit::actor::Auditor;
 use crate::actors::rotation::actor::RotationCoordinator;
 use crate::actors::session::PoolShared;
+use crate::actors::session::usage::UsageLedger;
 use crate::actors::session::pool::SessionPool;
 use crate::backend::Backend;
 use crate::config::Settings;
@@ -72,6 +73,7 @@ pub async fn serve(
         active: AtomicU32::new(0),
         retry: settings.retry,
         session_timeout: settings.session_timeout,
+        usage: UsageLedger::new(settings.max_encryptions_per_key),
         started: Instant::now(),
     });
     let (pool, pool_stopped) = SessionPool::start(shared, settings.queue_depth, metrics.clone());

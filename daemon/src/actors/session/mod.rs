@@ -7,13 +7,15 @@
 
 pub mod actor;
 pub mod pool;
+pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use harpocrates_protocol::{
-    ErrorCode, HealthState, HealthStatus, KeyAttributes, Request, Response, WireError, WireResult,
+    ErrorCode, HealthState, HealthStatus, KeyAttributes, KeyInfo, Request, Response, WireError,
+    WireResult,
 };
 
 use crate::backend::{Backend, BackendError, BackendResult, BackendSession};
@@ -41,6 +43,8 @@ pub struct PoolShared {
     pub session_timeout: Duration,
     /// When the daemon started, for health reports.
     pub started: Instant,
+    /// Encryptions per key, against the random-IV limit.
+    pub usage: usage::UsageLedger,
 }
 
 /// An open session, counted in [`PoolShared::active`] while it lives.
@@ -89,10 +93,10 @@ impl SessionWorker {
                 Response::Random(self.with_session(|s| s.generate_random(*len as usize))?)
             }
             Request::GenerateKey { label, size_bits } => Response::KeyGenerated(
-                self.with_session(|s| s.generate_key(label, &KeyAttributes::aes(*size_bits)))?,
+                self.new_key(label, |s| s.generate_key(label, &KeyAttributes::aes(*size_bits)))?,
             ),
             Request::GenerateKeyWithAttributes { label, attributes } => {
-                Response::KeyGenerated(self.with_session(|s| s.generate_key(label, attributes))?)
+                Response::KeyGenerated(self.new_key(label, |s| s.generate_key(label, attributes))?)
             }
             Request::ListKeys => Response::Keys(
                 // The key manager's own keys (KEK versions) are not the caller's to see.
@@ -103,9 +107,11 @@ impl SessionWorker {
             ),
             Request::Encrypt { key, plaintext, aad } => {
                 let aad = aad.as_deref().unwrap_or_default();
-                Response::Ciphertext(
-                    self.with_session(|s| s.encrypt(key.as_str(), plaintext.expose(), aad))?,
-                )
+                let shared = self.shared.clone();
+                Response::Ciphertext(self.with_session(|s| {
+                    shared.usage.charge(key.as_str(), s)?;
+                    s.encrypt(key.as_str(), plaintext.expose(), aad)
+                })?)
             }
             Request::Decrypt { key, ciphertext, aad } => {
                 let aad = aad.as_deref().unwrap_or_default();
@@ -121,7 +127,7 @@ impl SessionWorker {
                 self.with_session(|s| s.backup_key(key.as_str(), password.expose()))?,
             ),
             Request::RestoreKey { label, backup, password } => Response::KeyGenerated(
-                self.with_session(|s| s.restore_key(label, backup, password.expose()))?,
+                self.new_key(label, |s| s.restore_key(label, backup, password.expose()))?,
             ),
             Request::HealthCheck => Response::Health(self.health()),
             other => {
@@ -130,6 +136,21 @@ impl SessionWorker {
                     other.op_name()
                 )));
             }
+        })
+    }
+
+    /// Makes a key with `make`; a new key starts with its whole encryption budget (a
+    /// count left by a destroyed key of the same label is reset).
+    fn new_key(
+        &mut self,
+        label: &str,
+        mut make: impl FnMut(&mut dyn BackendSession) -> BackendResult<KeyInfo>,
+    ) -> BackendResult<KeyInfo> {
+        let shared = self.shared.clone();
+        self.with_session(|s| {
+            let info = make(s)?;
+            shared.usage.reset(label, s);
+            Ok(info)
         })
     }
 

@@ -106,6 +106,7 @@ fn fixture(attempts: u32, session_timeout: Duration) -> Fixture {
     let opened = Arc::new(AtomicU32::new(0));
     let backend = Flaky { inner: token, fail_next: fail_next.clone(), opened: opened.clone() };
     let shared = Arc::new(PoolShared {
+        usage: super::usage::UsageLedger::new(super::usage::NIST_RANDOM_IV_LIMIT),
         backend: Arc::new(backend),
         max_sessions: 1,
         active: AtomicU32::new(0),
