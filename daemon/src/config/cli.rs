@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<u64>,
 
+    /// Threads serving client connections (default: one per core, at most 8).
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<u64>,
+
     /// Log filter (overrides `log_level`; `RUST_LOG` overrides both).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,

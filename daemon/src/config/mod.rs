@@ -99,6 +99,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Requests in flight per connection.
     pub max_in_flight: usize,
+    /// Threads (actix arbiters) serving client connections.
+    pub io_threads: usize,
     /// Request and answer bytes held per connection.
     pub max_connection_bytes: usize,
     /// Request and answer bytes held for all connections.
@@ -152,6 +154,12 @@ fn duration(
     Ok(d)
 }
 
+/// One connection I/O thread per core, at most 8: past that the session pool and the
+/// crypto threads need the cores more than the socket work does.
+fn default_io_threads() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u64)
+}
+
 /// The longest duration any setting accepts.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -192,6 +200,9 @@ impl Settings {
         }
         if let Some(n) = args.max_sessions {
             raw.max_sessions = Some(n);
+        }
+        if let Some(n) = args.io_threads {
+            raw.io_threads = Some(n);
         }
         if let Some(l) = &args.log_level {
             raw.log_level = Some(l.clone());
@@ -277,6 +288,8 @@ impl Settings {
             max_connections: bounded("max_connections", raw.max_connections, 1024, 1, 1 << 20)?
                 as usize,
             max_in_flight: bounded("max_in_flight", raw.max_in_flight, 1024, 1, 1 << 16)? as usize,
+            io_threads: bounded("io_threads", raw.io_threads, default_io_threads(), 1, 64)?
+                as usize,
             max_connection_bytes: bounded(
                 "max_connection_bytes",
                 raw.max_connection_bytes,
@@ -467,6 +480,8 @@ mod tests {
         assert_eq!(s.max_frame, DEFAULT_MAX_FRAME);
         assert_eq!(s.retry, RetryPolicy { attempts: 3, delay: Duration::from_secs(5) });
         assert_eq!(s.session_timeout, Duration::from_secs(1800));
+        assert!((1..=8).contains(&s.io_threads), "one per core, at most 8: {}", s.io_threads);
+        assert_eq!(parse("io_threads = 3").expect("valid").io_threads, 3);
     }
 
     #[test]
@@ -511,6 +526,8 @@ mod tests {
             ("idle_timeout = \"never\"", "idle_timeout"),
             ("max_total_bytes = 10", "max_total_bytes"),
             ("max_connection_bytes = 10", "max_connection_bytes"),
+            ("io_threads = 0", "io_threads"),
+            ("io_threads = 65", "io_threads"),
             ("[soft]\nkdf_iterations = 0", "soft.kdf_"),
         ] {
             let err = parse(text).expect_err(text).to_string();

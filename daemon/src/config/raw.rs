@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub max_connections: Option<u64>,
     /// Requests in flight per connection before the daemon stops reading it.
     pub max_in_flight: Option<u64>,
+    /// Threads serving client connections (default: one per core, at most 8).
+    pub io_threads: Option<u64>,
     /// Request and answer bytes held for one connection before the daemon stops reading
     /// it (back-pressure), e.g. `33554432`.
     pub max_connection_bytes: Option<u64>,
