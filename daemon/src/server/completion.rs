@@ -59,8 +59,24 @@ impl Router {
         mut answers: Vec<WireResult>,
     ) -> Vec<WireResult> {
         let latency = ctx.arrived.elapsed();
+        // Runs of one operation (a batch is usually all alike) are counted at once.
+        let mut run: Option<(Op, u64, u64)> = None;
         for (subject, answer) in subjects.iter().zip(&answers) {
-            self.metrics.record(subject.op.name(), answer.is_ok(), latency);
+            let failed = u64::from(answer.is_err());
+            match &mut run {
+                Some((op, n, errors)) if *op == subject.op => {
+                    *n += 1;
+                    *errors += failed;
+                }
+                _ => {
+                    if let Some((op, n, errors)) = run.replace((subject.op, 1, failed)) {
+                        self.metrics.record_ops(op, n, errors, latency);
+                    }
+                }
+            }
+        }
+        if let Some((op, n, errors)) = run {
+            self.metrics.record_ops(op, n, errors, latency);
         }
         if !self.audit.enabled() {
             return answers;

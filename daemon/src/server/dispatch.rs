@@ -102,7 +102,7 @@ impl Router {
     pub async fn handle(&self, request: Request, ctx: &RequestContext) -> WireResult {
         match request {
             Request::Batch(items) if items.len() > MAX_BATCH_LEN => {
-                self.metrics.record(Op::Batch.name(), false, ctx.arrived.elapsed());
+                self.metrics.record_op(Op::Batch, false, ctx.arrived.elapsed());
                 Err(WireError::new(
                     ErrorCode::InvalidRequest,
                     format!("batch of {} operations; the limit is {MAX_BATCH_LEN}", items.len()),
@@ -110,7 +110,7 @@ impl Router {
             }
             Request::Batch(items) => {
                 let answers = self.run(items, ctx, true).await;
-                self.metrics.record(Op::Batch.name(), true, ctx.arrived.elapsed());
+                self.metrics.record_op(Op::Batch, true, ctx.arrived.elapsed());
                 Ok(Response::Batch(answers))
             }
             single => self.run(vec![single], ctx, false).await.pop().unwrap_or_else(lost),
