@@ -267,10 +267,12 @@ async fn read_requests(
                 let router = router.clone();
                 let tx = tx.clone();
                 let activity = activity.clone();
-                let shutdown = shutdown.clone();
+                // Only a stream watches for shutdown; a token clone takes its lock.
+                let subscription =
+                    matches!(request, Request::SubscribeAudit).then(|| shutdown.clone());
                 activity.begin();
                 actix::spawn(async move {
-                    if matches!(request, Request::SubscribeAudit) {
+                    if let Some(shutdown) = subscription {
                         drop(charge);
                         stream_audit(&router, &ctx, &tx, &shutdown).await;
                     } else {

@@ -35,7 +35,8 @@ use crate::keys::manager::{EnvelopeOp, KeyManager};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 
-/// Answers requests after the handshake.
+/// Answers requests after the handshake. Every connection I/O thread has its own clone.
+#[derive(Clone)]
 pub struct Router {
     pool: SessionPool,
     pub(super) metrics: Arc<Metrics>,
@@ -44,6 +45,12 @@ pub struct Router {
     pub(super) audit: Auditor,
     policy: Arc<PolicyStore>,
 }
+
+// Clones are made on the accept thread and moved to the I/O threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Router>();
+};
 
 /// A request and its place in the batch.
 type Indexed = (usize, Request);

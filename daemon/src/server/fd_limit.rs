@@ -31,17 +31,19 @@ pub fn raise_nofile_limit() -> u64 {
 }
 
 /// How many connections fit under `nofile` descriptors beside `sessions` token sessions
-/// (a session may hold files of its own in a software token).
-pub fn connection_capacity(nofile: u64, sessions: u32) -> usize {
-    let headroom = BASE_HEADROOM + 4 * u64::from(sessions);
+/// (a session may hold files of its own in a software token) and `io_threads` connection
+/// threads (each has its own reactor: an epoll descriptor and a wake-up descriptor).
+pub fn connection_capacity(nofile: u64, sessions: u32, io_threads: usize) -> usize {
+    let headroom =
+        BASE_HEADROOM + 4 * u64::from(sessions) + 2 * u64::try_from(io_threads).unwrap_or(0);
     usize::try_from(nofile.saturating_sub(headroom).max(1)).unwrap_or(usize::MAX)
 }
 
 /// The effective connection limit: the configured one, capped by what the descriptor limit
 /// allows (said once in the log when it caps).
-pub fn effective_max_connections(configured: usize, sessions: u32) -> usize {
+pub fn effective_max_connections(configured: usize, sessions: u32, io_threads: usize) -> usize {
     let nofile = raise_nofile_limit();
-    let capacity = connection_capacity(nofile, sessions);
+    let capacity = connection_capacity(nofile, sessions, io_threads);
     if capacity < configured {
         tracing::warn!(
             configured,
@@ -117,9 +119,9 @@ mod tests {
 
     #[test]
     fn capacity_leaves_headroom_for_the_daemon() {
-        assert_eq!(connection_capacity(1024, 2), 1024 - 64 - 8);
-        assert_eq!(connection_capacity(256, 10), 256 - 64 - 40);
-        assert_eq!(connection_capacity(10, 10), 1, "never zero");
+        assert_eq!(connection_capacity(1024, 2, 1), 1024 - 64 - 8 - 2);
+        assert_eq!(connection_capacity(256, 10, 4), 256 - 64 - 40 - 8);
+        assert_eq!(connection_capacity(10, 10, 8), 1, "never zero");
     }
 
     #[test]

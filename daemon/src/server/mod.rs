@@ -1,9 +1,11 @@
 //! The server: listener, connections, routing, and the daemon's life cycle.
 //!
 //! [`serve`] runs inside an actix `System` (a single-threaded tokio runtime): it binds the
-//! socket, starts the session pool, accepts connections until told to stop, then drains
-//! in-flight requests and removes the socket. [`run`] adds signal handling for the
-//! binary; [`spawn`] runs a daemon on a background thread for tests and benchmarks.
+//! socket, starts the session pool and the connection [I/O threads](io_threads), accepts
+//! connections and deals them out to those threads until told to stop, then drains
+//! in-flight requests, stops the I/O threads and removes the socket. [`run`] adds signal
+//! handling for the binary; [`spawn`] runs a daemon on a background thread for tests and
+//! benchmarks.
 
 pub mod admission;
 pub mod budget;
@@ -13,10 +15,10 @@ pub mod context;
 pub mod dispatch;
 pub mod fd_limit;
 pub mod frame_reader;
+pub mod io_threads;
 pub mod listener;
 
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
@@ -54,10 +56,18 @@ pub async fn serve(
             return;
         }
     };
+    let mut threads = match io_threads::IoThreads::start(settings.io_threads) {
+        Ok(threads) => threads,
+        Err(source) => {
+            let _ = ready.send(Err(ListenError::Io { path: bound.path().to_owned(), source }));
+            return;
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     let audit = match Auditor::start(settings.audit.clone(), metrics.clone()) {
         Ok(audit) => audit,
         Err(e) => {
+            threads.stop_and_join();
             let _ = ready.send(Err(ListenError::Audit(e.to_string())));
             return;
         }
@@ -79,24 +89,32 @@ pub async fn serve(
     let (pool, pool_stopped) = SessionPool::start(shared, settings.queue_depth, metrics.clone());
     let keys = Arc::new(KeyManager::new(pool.clone(), settings.keys));
     let coordinator = RotationCoordinator::new(keys.clone()).start();
-    let router = Rc::new(dispatch::Router::new(
-        pool.clone(),
-        metrics.clone(),
-        keys,
-        coordinator,
-        audit.clone(),
-        settings.policy.clone(),
-    ));
-    let limits = connection::ConnectionLimits {
-        max_frame: settings.max_frame,
-        max_in_flight: settings.max_in_flight,
-        max_connection_bytes: settings.max_connection_bytes,
-        frame_timeout: settings.frame_timeout,
-        idle_timeout: settings.idle_timeout,
+    let parts = io_threads::ConnectionParts {
+        router: dispatch::Router::new(
+            pool.clone(),
+            metrics.clone(),
+            keys,
+            coordinator,
+            audit.clone(),
+            settings.policy.clone(),
+        ),
+        limits: connection::ConnectionLimits {
+            max_frame: settings.max_frame,
+            max_in_flight: settings.max_in_flight,
+            max_connection_bytes: settings.max_connection_bytes,
+            frame_timeout: settings.frame_timeout,
+            idle_timeout: settings.idle_timeout,
+        },
+        total: budget::TotalBudget::new(settings.max_total_bytes),
+        shutdown: shutdown.clone(),
     };
-    let total = budget::TotalBudget::new(settings.max_total_bytes);
-    let max_connections =
-        fd_limit::effective_max_connections(settings.max_connections, settings.max_sessions);
+    threads.serve(&parts);
+    drop(parts);
+    let max_connections = fd_limit::effective_max_connections(
+        settings.max_connections,
+        settings.max_sessions,
+        threads.len(),
+    );
 
     let sampler = {
         let metrics = metrics.clone();
@@ -145,13 +163,8 @@ pub async fn serve(
             connections.spawn_local(refuse_busy(stream, settings.max_frame));
             continue;
         }
-        connections.spawn_local(connection::serve(
-            stream,
-            router.clone(),
-            limits,
-            total.clone(),
-            shutdown.clone(),
-        ));
+        // Counted here, before the hand-off, so the limit holds across threads.
+        threads.hand_off(stream, connections.token());
     }
 
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -163,12 +176,14 @@ pub async fn serve(
             "shutdown timeout; dropping connections with requests still in flight"
         );
     }
+    // The I/O threads go first: whatever still runs there (past the grace period) is
+    // dropped, so no client request can reach the pool once it is told to stop.
+    threads.stop_and_join();
     sampler.abort();
     // Sessions are closed before the module is finalised, and both before the process
     // exits: a session thread still inside the module while exit handlers run the
     // module's destructors is how a SoftHSM2 daemon crashed on SIGTERM.
     pool.stop();
-    drop(router);
     drop(pool);
     if tokio::time::timeout(settings.shutdown_timeout, pool_stopped.wait()).await.is_err() {
         tracing::warn!("shutdown timeout; a session actor is still inside the token");
