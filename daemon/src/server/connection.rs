@@ -10,6 +10,39 @@
 //! * a started frame must complete within `frame_timeout`;
 //! * a connection with nothing in flight is closed after `idle_timeout`, and so is one
 //!   whose client has read nothing of its answers for that long.
+//!
+//! A connection lives on one [I/O thread](super::io_threads) from accept to close: its
+//! reader, its writer and its requests' tasks share that thread, so its state needs no
+//! locks and an answer reaches the writer through one channel send on the same thread.
+//! A request (a batch too) is one task and one send; a batch's answers leave as one frame.
+//!
+//! # Copies of a payload
+//!
+//! How often the bytes of a 4 KiB plaintext are copied between the socket and the AES
+//! call, and the ciphertext back (an `EnvelopeEncrypt`; the other operations with a
+//! payload go the same way up to the operation itself):
+//!
+//! 1. kernel → the connection's read buffer ([`FrameReader`], one `read` for as many
+//!    pipelined frames as fit in 64 KiB);
+//! 2. read buffer → the request's `SecretBytes`: bincode decodes the body where it lies in
+//!    the read buffer (then wipes it there); `serde_bytes` copies the borrowed bytes into
+//!    their own vector, which the request owns from then on (moved, never copied, to the
+//!    session pool or the key manager);
+//! 3. plaintext → the envelope's output vector (`keys::envelope::seal`), which AES-GCM
+//!    then encrypts in place — that is the AES call. (`seal` reserves room for the header
+//!    only, so appending the tag reallocates, which may copy the ciphertext once more;
+//!    the token's own `Encrypt` copies into the module or the soft token's output instead);
+//! 4. ciphertext → the `FramedWrite`'s buffer: the codec's encoder writes the frame
+//!    straight into the sink's buffer (bincode writes a byte slice with one `put_slice`;
+//!    no intermediate vector). The buffer keeps its size between bursts, so growing it
+//!    costs copies only in the first large bursts;
+//! 5. write buffer → kernel (one `write` per burst of answers).
+//!
+//! Five copies, three of them in the daemon (2, 3, 4), plus two wiping passes (the body in
+//! the read buffer, the `SecretBytes` when dropped). Until the body was decoded in place
+//! there was a sixth: the read buffer was copied into a per-frame body vector first. A
+//! frame larger than the read buffer still gets a vector of its own: the part that had
+//! already arrived is moved into it, the rest is read into it straight from the kernel.
 
 use std::cell::Cell;
 use std::rc::Rc;
