@@ -1,6 +1,7 @@
 //! [`BlockingClient`]: the same client for code without an async runtime.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use harpocrates_protocol::{
     DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, Request, Response,
@@ -10,6 +11,7 @@ use harpocrates_protocol::{
 use crate::batch::BatchBuilder;
 use crate::client::Client;
 use crate::connection::{ClientOptions, ServerInfo};
+use crate::envelope::{LocalEnvelope, LocalEnvelopeOptions};
 use crate::error::{Error, Result};
 
 /// A synchronous client. It owns a small runtime (one worker thread) that drives the
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 ///
 /// Do not call it from inside an async runtime: use [`Client`] there.
 pub struct BlockingClient {
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
     client: Client,
 }
 
@@ -52,7 +54,7 @@ impl BlockingClient {
             .build()
             .map_err(|e| Error::connect(path.as_ref(), &e))?;
         let client = runtime.block_on(Client::connect_with(path, options))?;
-        Ok(Self { runtime, client })
+        Ok(Self { runtime: Arc::new(runtime), client })
     }
 
     /// The socket this client talks to.
@@ -109,6 +111,22 @@ impl BlockingClient {
         aad: Option<&[u8]>,
     ) -> Result<SecretBytes> {
         self.runtime.block_on(self.client.decrypt_with_context(context, ciphertext, aad))
+    }
+
+    /// See [`Client::envelope`].
+    pub fn envelope(&self, kek: &str, context: &[u8]) -> Result<BlockingLocalEnvelope> {
+        self.envelope_with(kek, context, LocalEnvelopeOptions::default())
+    }
+
+    /// See [`Client::envelope_with`].
+    pub fn envelope_with(
+        &self,
+        kek: &str,
+        context: &[u8],
+        options: LocalEnvelopeOptions,
+    ) -> Result<BlockingLocalEnvelope> {
+        let inner = self.runtime.block_on(self.client.envelope_with(kek, context, options))?;
+        Ok(BlockingLocalEnvelope { runtime: self.runtime.clone(), inner })
     }
 
     /// See [`Client::rewrap`].
@@ -231,5 +249,53 @@ impl BlockingClient {
     /// See [`Client::metrics`].
     pub fn metrics(&self) -> Result<MetricsSnapshot> {
         self.runtime.block_on(self.client.metrics())
+    }
+}
+
+/// A [`LocalEnvelope`] for synchronous code, made by [`BlockingClient::envelope`]. Sealing
+/// and opening with a key already held run on the calling thread; a refetch runs on the
+/// client's runtime (which this keeps alive).
+#[derive(Clone)]
+pub struct BlockingLocalEnvelope {
+    runtime: Arc<tokio::runtime::Runtime>,
+    inner: LocalEnvelope,
+}
+
+impl std::fmt::Debug for BlockingLocalEnvelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BlockingLocalEnvelope").field(&self.inner).finish()
+    }
+}
+
+impl BlockingLocalEnvelope {
+    /// See [`LocalEnvelope::encrypt`].
+    pub fn encrypt(&self, plaintext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>> {
+        match self.inner.seal_now(plaintext, aad) {
+            Some(sealed) => sealed,
+            None => self.runtime.block_on(self.inner.encrypt(plaintext, aad)),
+        }
+    }
+
+    /// See [`LocalEnvelope::decrypt`].
+    pub fn decrypt(&self, ciphertext: &[u8], aad: Option<&[u8]>) -> Result<SecretBytes> {
+        match self.inner.open_now(ciphertext, aad) {
+            Some(opened) => opened,
+            None => self.runtime.block_on(self.inner.decrypt(ciphertext, aad)),
+        }
+    }
+
+    /// See [`LocalEnvelope::is_locked`].
+    pub fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+
+    /// See [`LocalEnvelope::kek`].
+    pub fn kek(&self) -> &str {
+        self.inner.kek()
+    }
+
+    /// The async envelope inside (it shares the keys).
+    pub fn as_async(&self) -> &LocalEnvelope {
+        &self.inner
     }
 }

@@ -96,6 +96,15 @@ pub enum Error {
     /// The daemon answered with something this call did not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A [`LocalEnvelope`](crate::LocalEnvelope) was given a ciphertext of another KEK
+    /// (found in its header; nothing was decrypted and the daemon was not asked).
+    #[error("the ciphertext is under KEK '{found}', not '{expected}'")]
+    WrongKek {
+        /// The KEK the envelope seals and opens under.
+        expected: String,
+        /// The KEK the ciphertext names.
+        found: String,
+    },
 }
 
 impl Error {
@@ -121,7 +130,8 @@ impl Error {
             Error::Connect { .. }
             | Error::ConnectionLost(_)
             | Error::Protocol(_)
-            | Error::Timeout(_) => return None,
+            | Error::Timeout(_)
+            | Error::WrongKek { .. } => return None,
         })
     }
 

@@ -14,6 +14,9 @@
 //! * **checking who answers** — before sending anything, the client reads the daemon's
 //!   credentials and refuses a uid it does not trust with [`Error::PermissionDenied`]
 //!   (see [`trust`]);
+//! * **sealing in your own process** — [`Client::envelope`] fetches a KEK's data key once
+//!   (`export` access) and gives a [`LocalEnvelope`] that seals and opens envelopes in the
+//!   caller's process, in the daemon's format, refetching the key on a TTL;
 //! * **bounded waits** — connecting plus the handshake within
 //!   [`ClientOptions::connect_timeout`] (5 s by default), each call within
 //!   [`ClientOptions::request_timeout`] (60 s by default), else [`Error::Timeout`].
@@ -37,14 +40,16 @@ pub mod batch;
 pub mod blocking;
 pub mod client;
 pub mod connection;
+pub mod envelope;
 pub mod error;
 pub mod trust;
 
 pub use audit::AuditStream;
 pub use batch::BatchBuilder;
-pub use blocking::BlockingClient;
+pub use blocking::{BlockingClient, BlockingLocalEnvelope};
 pub use client::Client;
 pub use connection::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ServerInfo};
+pub use envelope::{LocalEnvelope, LocalEnvelopeOptions};
 pub use error::{Error, Result};
 pub use harpocrates_protocol::{
     DataKey, KekId, KekInfo, KekVersionState, KeyAttributes, KeyInfo, RotationStep, SecretBytes,
