@@ -10,7 +10,7 @@ async fn client(d: &Daemon) -> Client {
     Client::connect(&d.socket).await.expect("connect")
 }
 
-/// The KEK version an envelope ciphertext names (format: 0xE1, n, name, u32 BE version).
+/// The KEK version an envelope ciphertext names (format: 0xE1/0xE2, n, name, u32 BE version).
 fn version_of(ct: &[u8]) -> u32 {
     let n = usize::from(ct[1]);
     u32::from_be_bytes(ct[2 + n..6 + n].try_into().expect("4 bytes"))
@@ -407,5 +407,56 @@ async fn a_missing_kek_version_is_named_once() {
     match c.rotate("nope", RotationStep::Status).await {
         Err(Error::KeyNotFound(m)) => assert_eq!(m, "no KEK named 'nope'"),
         other => panic!("expected key_not_found, got {other:?}"),
+    }
+}
+
+/// A batch mixing KEKs and contexts: elements under the same KEK and context share one
+/// key lookup, and no element is ever sealed or opened under a neighbour's key.
+#[tokio::test]
+async fn mixed_envelope_batches_keep_every_element_under_its_own_key() {
+    use harpocrates::protocol::{Request, Response};
+    let d = Daemon::start();
+    let c = client(&d).await;
+    c.generate_kek("a").await.expect("kek a");
+    c.generate_kek("b").await.expect("kek b");
+    let plan: Vec<(&str, &[u8])> =
+        vec![("a", b"x"), ("a", b"x"), ("a", b"y"), ("b", b"y"), ("b", b"y"), ("a", b"x")];
+    let seal = plan.iter().enumerate().fold(c.batch(), |batch, (i, (kek, ctx))| {
+        batch.push(Request::EnvelopeEncrypt {
+            kek: (*kek).into(),
+            context: ctx.to_vec(),
+            plaintext: vec![i as u8; 8].into(),
+            aad: None,
+        })
+    });
+    let sealed: Vec<Vec<u8>> = seal
+        .send()
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|r| match r.expect("sealed") {
+            Response::Ciphertext(ct) => ct,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (i, ((kek, ctx), ct)) in plan.iter().zip(&sealed).enumerate() {
+        assert_eq!(harpocrates::protocol::envelope::kek_named(ct).expect("header").0, *kek);
+        let plain = c.decrypt_with_context(ctx, ct, None).await.expect("opens alone");
+        assert_eq!(plain.expose(), &[i as u8; 8]);
+    }
+    // Opened together, in a batch that also swaps contexts: the swapped ones fail alone.
+    let open =
+        plan.iter().zip(&sealed).enumerate().fold(c.batch(), |batch, (i, ((_, ctx), ct))| {
+            let context = if i == 2 { b"x".to_vec() } else { ctx.to_vec() };
+            batch.push(Request::EnvelopeDecrypt { context, ciphertext: ct.clone(), aad: None })
+        });
+    let opened = open.send().await.expect("batch");
+    for (i, r) in opened.into_iter().enumerate() {
+        match (i, r) {
+            (2, Err(Error::IntegrityCheckFailed(_))) => {}
+            (2, other) => panic!("element 2 opened under the wrong context: {other:?}"),
+            (_, Ok(Response::Plaintext(p))) => assert_eq!(p.expose(), &[i as u8; 8]),
+            (_, other) => panic!("element {i}: {other:?}"),
+        }
     }
 }

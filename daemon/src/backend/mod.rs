@@ -30,8 +30,10 @@ pub fn key_ref(label: &str, id: &[u8]) -> String {
     let mut out = String::with_capacity(label.len() + ID_SEPARATOR.len() + id.len() * 2);
     out.push_str(label);
     out.push_str(ID_SEPARATOR);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in id {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }

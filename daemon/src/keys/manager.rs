@@ -7,9 +7,10 @@
 //! daemon on the same token is picked up within that time.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use harpocrates_protocol::envelope::{EnvelopeError, EnvelopeKey};
 use harpocrates_protocol::{
     DataKey, ErrorCode, KekId, KekInfo, KekVersionState, KeyAttributes, Response, SecretBytes,
     WireError,
@@ -393,8 +394,9 @@ impl KeyManager {
         let mut done = Vec::with_capacity(ops.len());
         let mut ready: Vec<(usize, Prepared)> = Vec::with_capacity(ops.len());
         let mut bytes = 0;
+        let mut memo = Memo::default();
         for (i, op) in ops {
-            match self.prepare(op).await {
+            match self.prepare(op, &mut memo).await {
                 Ok(p) => {
                     bytes += p.len();
                     ready.push((i, p));
@@ -445,21 +447,50 @@ impl KeyManager {
         done
     }
 
-    async fn prepare(&self, op: EnvelopeOp) -> Result<Prepared, WireError> {
+    /// Resolves an envelope operation's key. Batch elements under the same KEK and
+    /// context (the common case) share the key resolved for the first of them.
+    async fn prepare(&self, op: EnvelopeOp, memo: &mut Memo) -> Result<Prepared, WireError> {
         match op {
             EnvelopeOp::Encrypt { kek, context, plaintext, aad } => {
-                let kek = self.active(&kek).await?;
-                let mac = self.first_ref(&kek, Part::Mac).await?;
-                let dek = self
-                    .dek(&kek, mac, &context, envelope::DEK_LEN, Purpose::Envelope, true)
-                    .await?;
-                Ok(Prepared::Seal { kek, dek, context, plaintext, aad })
+                let key = match &memo.seal {
+                    Some((name, ctx, key)) if *name == kek && *ctx == context => key.clone(),
+                    _ => {
+                        let id = self.active(&kek).await?;
+                        let mac = self.first_ref(&id, Part::Mac).await?;
+                        let dek = self
+                            .dek(&id, mac, &context, envelope::DEK_LEN, Purpose::Envelope, true)
+                            .await?;
+                        let key = Arc::new(EnvelopeKey::new(id, &dek).map_err(envelope_wire)?);
+                        memo.seal = Some((kek, context.clone(), key.clone()));
+                        key
+                    }
+                };
+                Ok(Prepared::Seal { key, context, plaintext, aad })
             }
             EnvelopeOp::Decrypt { context, ciphertext, aad } => {
-                let kek = envelope::kek_of(&ciphertext).map_err(wire)?;
-                self.check_decrypt(&kek).await?;
-                let deks = self.open_keys(&kek, &context).await?;
-                Ok(Prepared::Open { deks, context, ciphertext, aad })
+                let (name, version) = envelope::kek_named(&ciphertext).map_err(wire)?;
+                let keys = match &memo.open {
+                    Some((id, ctx, keys))
+                        if id.name == name && id.version == version && *ctx == context =>
+                    {
+                        keys.clone()
+                    }
+                    _ => {
+                        let id = KekId { name: name.to_owned(), version };
+                        self.check_decrypt(&id).await?;
+                        let keys = self
+                            .open_keys(&id, &context)
+                            .await?
+                            .iter()
+                            .map(|dek| EnvelopeKey::new(id.clone(), dek))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(envelope_wire)?;
+                        let keys = Arc::new(keys);
+                        memo.open = Some((id, context.clone(), keys.clone()));
+                        keys
+                    }
+                };
+                Ok(Prepared::Open { keys, context, ciphertext, aad })
             }
         }
     }
@@ -565,19 +596,19 @@ pub enum EnvelopeOp {
 
 /// An envelope operation with its key resolved: pure CPU work, movable to any thread.
 enum Prepared {
-    Seal {
-        kek: KekId,
-        dek: Zeroizing<Vec<u8>>,
-        context: Vec<u8>,
-        plaintext: SecretBytes,
-        aad: Vec<u8>,
-    },
-    Open {
-        deks: Vec<Zeroizing<Vec<u8>>>,
-        context: Vec<u8>,
-        ciphertext: Vec<u8>,
-        aad: Vec<u8>,
-    },
+    Seal { key: Arc<EnvelopeKey>, context: Vec<u8>, plaintext: SecretBytes, aad: Vec<u8> },
+    Open { keys: Arc<Vec<EnvelopeKey>>, context: Vec<u8>, ciphertext: Vec<u8>, aad: Vec<u8> },
+}
+
+/// The keys the last envelope operations of a batch resolved, for the next ones.
+#[derive(Default)]
+struct Memo {
+    seal: Option<(String, Vec<u8>, Arc<EnvelopeKey>)>,
+    open: Option<(KekId, Vec<u8>, Arc<Vec<EnvelopeKey>>)>,
+}
+
+fn envelope_wire(e: EnvelopeError) -> WireError {
+    wire(BackendError::from(e))
 }
 
 impl Prepared {
@@ -590,16 +621,22 @@ impl Prepared {
 
     fn run(self) -> Result<Response, WireError> {
         match self {
-            Prepared::Seal { kek, dek, context, plaintext, aad } => {
-                envelope::seal(&kek, &dek, &context, plaintext.expose(), &aad)
-                    .map(Response::Ciphertext)
-            }
-            Prepared::Open { deks, context, ciphertext, aad } => {
-                open_with_any(&ciphertext, &context, &aad, &deks)
-                    .map(|p| Response::Plaintext(p.into()))
+            Prepared::Seal { key, context, plaintext, aad } => key
+                .seal(&context, plaintext.expose(), &aad)
+                .map(Response::Ciphertext)
+                .map_err(envelope_wire),
+            Prepared::Open { keys, context, ciphertext, aad } => {
+                let mut last = EnvelopeError::Integrity;
+                for key in keys.iter() {
+                    match key.open(&ciphertext, &context, &aad) {
+                        Ok(plain) => return Ok(Response::Plaintext(plain.into())),
+                        Err(EnvelopeError::Integrity) => {}
+                        Err(e) => last = e,
+                    }
+                }
+                Err(envelope_wire(last))
             }
         }
-        .map_err(wire)
     }
 }
 
