@@ -39,26 +39,10 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).expect("tokens");
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
-    )
-    .expect("conf");
-    let init = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench", "--pin", PIN, "--so-pin", "bench-so"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util (apt-get install softhsm2)");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    // SAFETY: set before the module is loaded, while no other thread reads the environment.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-
+    common::softhsm_token(dir.path(), "bench", PIN);
     let backend = Pkcs11Backend::open(
         Pkcs11Config {
-            library_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            library_path: common::SOFTHSM2_MODULE.into(),
             token: TokenChoice::Match(uri::TokenSelector {
                 token: Some("bench".into()),
                 ..Default::default()

@@ -13,6 +13,30 @@ use criterion::{Criterion, Throughput};
 use harpocrates::client::{Client, ClientOptions};
 use harpocrates::protocol::Request;
 
+/// The SoftHSM2 module, as Debian installs it.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Initialises a SoftHSM2 token labelled `label` with user PIN `pin` in `dir/tokens`, and
+/// points this process's `SOFTHSM2_CONF` at it (before the module is loaded).
+pub fn softhsm_token(dir: &Path, label: &str, pin: &str) {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("tokens");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
+    )
+    .expect("conf");
+    let init = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "bench-so"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (apt-get install softhsm2)");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // SAFETY: set before the module is loaded, while no other thread reads the environment.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+}
+
 /// Starts an in-process daemon on a soft token in `dir` (socket `bench.sock`, PIN file
 /// `pin`, cheap Argon2id so the fixture starts fast), with audit off.
 pub fn soft_daemon(dir: &Path) -> RunningDaemon {
