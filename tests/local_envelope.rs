@@ -152,13 +152,39 @@ async fn the_fourth_message_refetches_when_max_messages_is_three() {
         fetched.push(key_fetches(&c).await);
     }
     assert_eq!(fetched, [1, 1, 1, 2, 2, 2, 3], "a refetch before messages 4 and 7");
+
+    // Concurrent callers share the refetches: 60 messages from 6 tasks, each sealed and
+    // opened, with between 60 / 3 and 60 fetches.
+    let tasks: Vec<_> = (0..6u8)
+        .map(|t| {
+            let local = local.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..10u8 {
+                    out.push((t, i, local.encrypt(&[t, i], None).await.expect("seal")));
+                }
+                out
+            })
+        })
+        .collect();
+    for task in tasks {
+        for (t, i, ct) in task.await.expect("task") {
+            assert_eq!(local.decrypt(&ct, None).await.expect("open").expose(), [t, i]);
+        }
+    }
+    let concurrent = key_fetches(&c).await - 3;
+    assert!((20..=60).contains(&concurrent), "{concurrent} fetches for 60 messages");
     for bad in [
         LocalEnvelopeOptions { max_messages: 0, ..Default::default() },
         LocalEnvelopeOptions { ttl: Duration::ZERO, ..Default::default() },
     ] {
         assert!(matches!(c.envelope_with("k", b"ctx", bad).await, Err(Error::InvalidRequest(_))));
     }
-    assert_eq!(key_fetches(&c).await, 3, "bad options are refused before the daemon is asked");
+    assert_eq!(
+        key_fetches(&c).await,
+        3 + concurrent,
+        "bad options are refused before the daemon is asked"
+    );
 }
 
 #[test]

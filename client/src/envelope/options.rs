@@ -11,10 +11,11 @@ pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(300);
 /// The default of [`LocalEnvelopeOptions::max_messages`]: 2^32.
 pub const DEFAULT_MAX_MESSAGES: u64 = 1 << 32;
 
-/// Keys of versions other than the current one kept for decryption, at most.
+/// Keys of versions other than the current one a [`LocalEnvelope`](super::LocalEnvelope)
+/// keeps for decryption, at most.
 pub const OTHER_VERSIONS: usize = 4;
 
-/// How long a [`LocalEnvelope`] keeps a data key.
+/// How long a [`LocalEnvelope`](super::LocalEnvelope) keeps a data key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalEnvelopeOptions {
     /// A data key is used for this long after it was fetched, then fetched again (which
