@@ -229,12 +229,13 @@ fn assert_clean_row(row: &serde_json::Value, operations: u64) {
 fn bench_reports_every_op_in_json_and_cleans_up_its_key() {
     let d = Daemon::start();
     let s = &d.socket;
-    let args = "bench --op ping,encrypt,envelope --size 64 -n 2000 -c 2 -t 16 --json";
+    let args =
+        "bench --op ping,encrypt,envelope,local-envelope --size 64 -n 2000 -c 2 -t 16 --json";
     let (code, out, err) = harpoctl(s, &args.split(' ').collect::<Vec<_>>(), b"");
     assert_eq!(code, 0, "{err}");
     let rows = bench_rows(&out);
     let ops: Vec<_> = rows.iter().map(|r| r["op"].as_str().unwrap_or("?")).collect();
-    assert_eq!(ops, ["ping", "encrypt", "envelope"]);
+    assert_eq!(ops, ["ping", "encrypt", "envelope", "local-envelope"]);
     for row in &rows {
         assert_clean_row(row, 2000);
         assert_eq!(

@@ -35,8 +35,9 @@ pub enum BenchOp {
     EnvelopeDecrypt,
     /// A 32-byte data key derived from `--kek`.
     Derive,
-    // Extension point: `LocalEnvelope` (the client-side data-key path of
-    // `Client::envelope(kek, context)`) goes here, with its arm in `prepare`.
+    /// Envelope encryption in this process with a data key fetched once
+    /// (`Client::envelope`): what an application holding a local data key gets.
+    LocalEnvelope,
 }
 
 impl BenchOp {
@@ -68,7 +69,6 @@ impl Prepared {
     }
 
     /// An operation that cannot go into an explicit batch.
-    #[allow(dead_code, reason = "for client-side operations such as local-envelope")]
     fn client_only(sized: bool, call: CallFn) -> Self {
         Self { call, request: None, sized }
     }
@@ -91,17 +91,18 @@ where
 pub async fn prepare(op: BenchOp, fx: &mut Fixture<'_>) -> Result<Prepared, Error> {
     let payload = fx.payload.clone();
     Ok(match op {
-        // Extension point: one arm per `BenchOp` variant. `local-envelope`, once
-        // `Client::envelope(kek, context)` lands, will look like this (adapt the call to
-        // what that API returns):
-        //
-        // BenchOp::LocalEnvelope => {
-        //     let kek = fx.kek().await?;
-        //     Prepared::client_only(true, call(move |c| {
-        //         let (kek, payload) = (kek.clone(), payload.clone());
-        //         async move { c.envelope(&kek, CONTEXT).await?.encrypt(&payload, None) }
-        //     }))
-        // }
+        BenchOp::LocalEnvelope => {
+            let kek = fx.kek().await?;
+            // One data key for the whole run, shared by every connection's calls.
+            let local = fx.client.envelope(&kek, CONTEXT).await?;
+            Prepared::client_only(
+                true,
+                call(move |_| {
+                    let (local, payload) = (local.clone(), payload.clone());
+                    async move { local.encrypt(&payload, None).await }
+                }),
+            )
+        }
         BenchOp::Ping => {
             Prepared::new(Request::Ping, false, call(|c| async move { c.ping().await }))
         }
