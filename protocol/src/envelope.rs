@@ -142,6 +142,8 @@ fn aad(header: &[u8], context: &[u8], caller: &[u8]) -> Vec<u8> {
 /// The key material is wiped when this is dropped.
 pub struct EnvelopeKey {
     kek: KekId,
+    /// The v2 header for `kek`, built (and its name checked) once, not per message.
+    header: Vec<u8>,
     dek: Zeroizing<[u8; DEK_LEN]>,
     /// XAES-256-GCM's key schedule and subkey, computed once per data key.
     xaes: Xaes256Gcm,
@@ -158,9 +160,9 @@ impl EnvelopeKey {
     pub fn new(kek: KekId, dek: &[u8]) -> Result<Self, EnvelopeError> {
         let dek: [u8; DEK_LEN] = dek.try_into().map_err(|_| EnvelopeError::KeyLength(dek.len()))?;
         let dek = Zeroizing::new(dek);
-        validate_label(&kek.name).map_err(EnvelopeError::InvalidKekName)?;
+        let header = header(FORMAT_V2, &kek, 0)?;
         let xaes = Xaes256Gcm::new(&(*dek).into());
-        Ok(Self { kek, dek, xaes })
+        Ok(Self { kek, header, dek, xaes })
     }
 
     /// The KEK version whose data key this is.
@@ -189,7 +191,9 @@ impl EnvelopeKey {
         plaintext: &[u8],
         caller_aad: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
-        let mut out = header(FORMAT_V2, &self.kek, NONCE_V2_LEN + plaintext.len() + TAG_LEN)?;
+        let mut out =
+            Vec::with_capacity(self.header.len() + NONCE_V2_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&self.header);
         let aad = aad(&out, context, caller_aad);
         out.extend_from_slice(nonce);
         let start = out.len();
