@@ -119,3 +119,9 @@ mod tests {
         assert_eq!(peer.groups.len(), usize::try_from(n).expect("count"), "{peer:?}");
     }
 }
+
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

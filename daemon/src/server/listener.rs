@@ -75,11 +75,7 @@ impl Drop for BoundSocket {
     }
 }
 
-/// The effective uid of this process.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
+pub use crate::peer::effective_uid;
 
 /// Checks a directory we are about to trust: a real directory (not a symlink), owned by
 /// `uid` or root, and not writable by group or others.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use harpocrates_protocol::audit::chain::{self, ChainHead, MAX_LINE, RecordBody};
 
 use super::{AuditFile, AuditFileError, now};
-use crate::server::listener::effective_uid;
+use crate::peer::effective_uid;
 
 /// Opens the chain at `path`; see [`AuditFile::open`].
 pub(super) fn open(path: &Path, max_file_bytes: u64) -> Result<AuditFile, AuditFileError> {
