@@ -3,7 +3,8 @@
 //! Everything the daemon and its clients must agree on lives here, and nothing else:
 //! the [messages](message) a client may send and the daemon may answer, the stable
 //! [error codes](error), the [operation table](ops) (each request's name, class and
-//! target), [secret buffers](secret) that wipe themselves, and the
+//! target), [secret buffers](secret) that wipe themselves, [key names](label), the
+//! [envelope ciphertext format](envelope), and the
 //! [framing](codec) that carries them over a byte stream.
 //!
 //! # On the wire
@@ -16,8 +17,10 @@
 //! [`PROTOCOL_VERSION`]; the daemon refuses other versions with
 //! [`ErrorCode::UnsupportedVersion`].
 //!
-//! This crate performs no I/O; it only describes bytes. Its only cryptography is the
-//! SHA-256 of the [audit chain](audit::chain).
+//! This crate performs no I/O; it only describes bytes. Its cryptography is what both
+//! sides must compute identically: the SHA-256 of the [audit chain](audit::chain) and the
+//! [envelope format](envelope), which the daemon and the client's local data-key path
+//! both seal and open.
 
 pub mod audit;
 pub mod codec;

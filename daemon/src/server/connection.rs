@@ -28,10 +28,10 @@
 //!    the read buffer (then wipes it there); `serde_bytes` copies the borrowed bytes into
 //!    their own vector, which the request owns from then on (moved, never copied, to the
 //!    session pool or the key manager);
-//! 3. plaintext → the envelope's output vector (`keys::envelope::seal`), which AES-GCM
-//!    then encrypts in place — that is the AES call. (`seal` reserves room for the header
-//!    only, so appending the tag reallocates, which may copy the ciphertext once more;
-//!    the token's own `Encrypt` copies into the module or the soft token's output instead);
+//! 3. plaintext → the envelope's output vector (`EnvelopeKey::seal` in the protocol
+//!    crate, sized for header, nonce, ciphertext and tag at once), which AES-GCM then
+//!    encrypts in place — that is the AES call. (The token's `Encrypt` instead hands the
+//!    plaintext to the module, which writes the ciphertext into our output vector);
 //! 4. ciphertext → the `FramedWrite`'s buffer: the codec's encoder writes the frame
 //!    straight into the sink's buffer (bincode writes a byte slice with one `put_slice`;
 //!    no intermediate vector). The buffer keeps its size between bursts, so growing it
