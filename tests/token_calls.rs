@@ -32,7 +32,7 @@ impl SpyLog {
         let mut calls = BTreeMap::new();
         let names: Vec<&str> = text
             .lines()
-            .filter_map(|l| l.split_once(": C_").map(|(n, f)| (n, f)))
+            .filter_map(|l| l.split_once(": C_"))
             .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .map(|(_, f)| f.trim())
             .collect();

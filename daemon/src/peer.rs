@@ -100,6 +100,12 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,10 +124,4 @@ mod tests {
         let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
         assert_eq!(peer.groups.len(), usize::try_from(n).expect("count"), "{peer:?}");
     }
-}
-
-/// The effective uid of this process.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }

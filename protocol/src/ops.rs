@@ -197,10 +197,9 @@ impl Op {
             | Op::EnvelopeEncrypt
             | Op::EnvelopeDecrypt
             | Op::Rewrap => OpClass::Use,
-            Op::DeriveDataKey
-            | Op::GenerateDataKey
-            | Op::UnwrapDataKey
-            | Op::EnvelopeDataKey => OpClass::Export,
+            Op::DeriveDataKey | Op::GenerateDataKey | Op::UnwrapDataKey | Op::EnvelopeDataKey => {
+                OpClass::Export
+            }
             Op::GenerateKey
             | Op::GenerateKeyWithAttributes
             | Op::DestroyKey
