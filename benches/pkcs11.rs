@@ -18,11 +18,9 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use harpocrates::client::Client;
 use harpocrates::protocol::{KeyAttributes, Request};
-use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, uri};
 use harpocrates_daemon::backend::{Backend, BackendSession};
 use harpocrates_daemon::config::{RawConfig, Settings};
 use harpocrates_daemon::server::{self, RunningDaemon};
-use zeroize::Zeroizing;
 
 const IN_FLIGHT: usize = 256;
 const PIN: &str = "bench-pin-1234";
@@ -39,19 +37,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::softhsm_token(dir.path(), "bench", PIN);
-    let backend = Pkcs11Backend::open(
-        Pkcs11Config {
-            library_path: common::SOFTHSM2_MODULE.into(),
-            token: TokenChoice::Match(uri::TokenSelector {
-                token: Some("bench".into()),
-                ..Default::default()
-            }),
-            name: "pkcs11",
-        },
-        Zeroizing::new(PIN.into()),
-    )
-    .expect("SoftHSM2 token");
+    let backend = common::softhsm_backend(dir.path(), PIN);
     let mut direct = backend.open_session().expect("session");
     direct.generate_key("k", &KeyAttributes::aes(256)).expect("key");
 

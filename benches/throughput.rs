@@ -35,12 +35,11 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use harpocrates::client::{Client, ClientOptions};
 use harpocrates::protocol::Request;
+use harpocrates_daemon::backend::pkcs11::Pkcs11Backend;
 use harpocrates_daemon::backend::pkcs11::raw::RawCalls;
-use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, uri};
 use harpocrates_daemon::config::raw::RawAudit;
 use harpocrates_daemon::config::{RawConfig, Settings};
 use harpocrates_daemon::server::{self, RunningDaemon};
-use zeroize::Zeroizing;
 
 const IN_FLIGHT: usize = 256;
 const PIN: &str = "bench-pin-1234";
@@ -166,19 +165,7 @@ struct Hsm {
 }
 
 fn hsm(dir: &Path) -> Hsm {
-    common::softhsm_token(dir, "bench", PIN);
-    let backend = Pkcs11Backend::open(
-        Pkcs11Config {
-            library_path: common::SOFTHSM2_MODULE.into(),
-            token: TokenChoice::Match(uri::TokenSelector {
-                token: Some("bench".into()),
-                ..Default::default()
-            }),
-            name: "pkcs11",
-        },
-        Zeroizing::new(PIN.into()),
-    )
-    .expect("SoftHSM2 token");
+    let backend = common::softhsm_backend(dir, PIN);
     let settings = Settings::validate(RawConfig {
         socket_path: Some(dir.join("hsm.sock")),
         max_sessions: Some(1),

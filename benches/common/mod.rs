@@ -37,6 +37,28 @@ pub fn softhsm_token(dir: &Path, label: &str, pin: &str) {
     unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
 }
 
+/// A fresh SoftHSM2 token labelled `bench` in `dir`, opened through the PKCS#11 backend
+/// (logged in with `pin`).
+pub fn softhsm_backend(
+    dir: &Path,
+    pin: &str,
+) -> harpocrates_daemon::backend::pkcs11::Pkcs11Backend {
+    use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, uri};
+    softhsm_token(dir, "bench", pin);
+    Pkcs11Backend::open(
+        Pkcs11Config {
+            library_path: SOFTHSM2_MODULE.into(),
+            token: TokenChoice::Match(uri::TokenSelector {
+                token: Some("bench".into()),
+                ..Default::default()
+            }),
+            name: "pkcs11",
+        },
+        zeroize::Zeroizing::new(pin.into()),
+    )
+    .expect("SoftHSM2 token")
+}
+
 /// Starts an in-process daemon on a soft token in `dir` (socket `bench.sock`, PIN file
 /// `pin`, cheap Argon2id so the fixture starts fast), with audit off.
 pub fn soft_daemon(dir: &Path) -> RunningDaemon {
