@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, Token};
+use common::{Daemon, PIN, TOKEN_LABEL, Token};
 use harpocrates::client::{Client, Error};
 
 #[tokio::test]
@@ -40,4 +40,23 @@ async fn a_key_refuses_past_its_limit_even_after_a_restart() {
         c.encrypt("k", b"y", None).await.expect("a re-made key starts at zero");
     }
     assert!(c.encrypt("k", b"z", None).await.is_err());
+
+    // Names of keys that do not exist cost nothing: no count, no record in the token.
+    for i in 0..20 {
+        let missing = c.encrypt(&format!("missing-{i}"), b"x", None).await.unwrap_err();
+        assert!(matches!(missing, Error::KeyNotFound(_)), "{missing:?}");
+    }
+    let hsm = d.softhsm.as_ref().expect("softhsm");
+    let data = hsm.pkcs11_tool(&[
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+        PIN,
+        "--list-objects",
+        "--type",
+        "data",
+    ]);
+    assert!(data.contains("harpocrates-usage/k"), "the budget records are listed: {data}");
+    assert!(!data.contains("missing-"), "a record was made for a missing key: {data}");
 }

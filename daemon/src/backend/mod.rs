@@ -124,6 +124,15 @@ pub trait BackendSession: Send {
     /// A cheap call that proves the token answers.
     fn probe(&mut self) -> BackendResult<()>;
 
+    /// Whether the key `key` (a label or [key reference](key_ref)) exists, from cached
+    /// handles where the backend keeps them. The encryption budget is only charged, and
+    /// its record in the token only made, for keys that exist. The default answers `true`
+    /// (a backend without it is charged for every name asked for).
+    fn has_key(&mut self, key: &str) -> BackendResult<bool> {
+        let _ = key;
+        Ok(true)
+    }
+
     /// Exports an extractable key as a password-protected [backup](crate::formats::backup).
     fn backup_key(&mut self, label: &str, password: &[u8]) -> BackendResult<Vec<u8>> {
         let _ = (label, password);

@@ -109,6 +109,11 @@ impl SessionWorker {
                 let aad = aad.as_deref().unwrap_or_default();
                 let shared = self.shared.clone();
                 Response::Ciphertext(self.with_session(|s| {
+                    // Names of keys that do not exist must cost nothing: no count, and no
+                    // record in the token for a caller to pile up.
+                    if !s.has_key(key.as_str())? {
+                        return Err(BackendError::KeyNotFound(key.as_str().into()));
+                    }
                     shared.usage.charge(key.as_str(), s)?;
                     s.encrypt(key.as_str(), plaintext.expose(), aad)
                 })?)

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::backend::{BackendError, BackendResult, BackendSession, SwapOutcome, split_key_ref};
 
@@ -49,6 +50,9 @@ pub struct UsageLedger {
     warn_at: u64,
     block: u64,
     keys: Mutex<HashMap<String, Budget>>,
+    /// One reservation in the token at a time from this daemon: they are rare, and
+    /// sessions racing for the same record would only make each other retry.
+    reserving: Mutex<()>,
 }
 
 impl UsageLedger {
@@ -60,6 +64,7 @@ impl UsageLedger {
             warn_at: limit - limit / 16,
             block: (limit / 1024).clamp(1, MAX_BLOCK),
             keys: Mutex::new(HashMap::new()),
+            reserving: Mutex::new(()),
         }
     }
 
@@ -72,18 +77,15 @@ impl UsageLedger {
     /// `session` when the reserved block is spent. Refuses once the limit is reached.
     pub fn charge(&self, key: &str, session: &mut dyn BackendSession) -> BackendResult<()> {
         let (label, _) = split_key_ref(key);
-        {
-            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = keys.get_mut(label)
-                && b.used < b.reserved
-            {
-                b.used += 1;
-                return self.check_warn(label, b);
-            }
+        if let Some(charged) = self.take_reserved(label) {
+            return charged;
         }
-        // Out of reserved encryptions (or first use since start): reserve in the token.
-        // The lock is not held across the token call; the session actor thread calling
-        // here is the only one charging through this session.
+        // Out of reserved encryptions (or first use since start): reserve in the token,
+        // one session at a time; another may have reserved for this key meanwhile.
+        let _one = self.reserving.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(charged) = self.take_reserved(label) {
+            return charged;
+        }
         let have = self
             .keys
             .lock()
@@ -102,6 +104,14 @@ impl UsageLedger {
         }
         b.used += 1;
         self.check_warn(label, b)
+    }
+
+    /// Takes one encryption from what is reserved in memory, if any is left.
+    fn take_reserved(&self, label: &str) -> Option<BackendResult<()>> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let b = keys.get_mut(label).filter(|b| b.used < b.reserved)?;
+        b.used += 1;
+        Some(self.check_warn(label, b))
     }
 
     fn check_warn(&self, label: &str, b: &mut Budget) -> BackendResult<()> {
@@ -129,10 +139,23 @@ impl UsageLedger {
         have: u64,
     ) -> BackendResult<(u64, u64)> {
         let object = format!("{USAGE_PREFIX}{label}");
+        let mut pause = Duration::from_millis(2);
+        let mut last = None;
         for _ in 0..RESERVE_ATTEMPTS {
+            if let Some(e) = last.take() {
+                // SoftHSM2 answers CKR_GENERAL_ERROR when another process rewrites its
+                // token at that instant; a moment later the same call succeeds.
+                tracing::debug!(key = label, error = %e, "reserving encryptions; retrying");
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
             let current = match session.read_object(&object) {
                 Err(BackendError::Unsupported(_)) => {
                     return Ok((have, have.saturating_add(self.block).min(self.limit)));
+                }
+                Err(e) if !e.is_transient() => {
+                    last = Some(e);
+                    continue;
                 }
                 other => other?,
             };
@@ -148,14 +171,18 @@ impl UsageLedger {
                 return Ok((self.limit, self.limit));
             }
             let end = start.saturating_add(self.block).min(self.limit);
-            match session.compare_and_swap_object(&object, current.as_deref(), &encode(end))? {
-                SwapOutcome::Swapped => return Ok((start, end)),
+            match session.compare_and_swap_object(&object, current.as_deref(), &encode(end)) {
+                Ok(SwapOutcome::Swapped) => return Ok((start, end)),
                 // Another daemon reserved meanwhile: read its reservation and try again.
-                SwapOutcome::Lost | SwapOutcome::Superseded | SwapOutcome::Undecided => {}
+                Ok(SwapOutcome::Lost | SwapOutcome::Superseded | SwapOutcome::Undecided) => {}
+                // A broken session is the session actor's to repair (and retry).
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => last = Some(e),
             }
         }
         Err(BackendError::Failed(format!(
-            "could not reserve encryptions for key '{label}' against other daemons; retry"
+            "could not reserve encryptions for key '{label}' in the token ({}); retry",
+            last.map_or_else(|| "other daemons kept reserving first".to_owned(), |e| e.to_string())
         )))
     }
 

@@ -464,6 +464,14 @@ impl BackendSession for Pkcs11Session {
         Ok(plain.into())
     }
 
+    fn has_key(&mut self, key: &str) -> BackendResult<bool> {
+        match self.key(key) {
+            Ok(_) => Ok(true),
+            Err(BackendError::KeyNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
         self.sync_view();
         let destroyed = self.with_key(label, "destroy key", |s, k| s.destroy_object(k.handle));

@@ -256,6 +256,10 @@ impl BackendSession for SoftSession {
         Ok(self.token.read().keys.values().map(|k| k.info()).collect())
     }
 
+    fn has_key(&mut self, key: &str) -> BackendResult<bool> {
+        Ok(self.token.key(key).is_ok())
+    }
+
     fn encrypt(&mut self, key: &str, plaintext: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
         let k = self.token.key(key)?;
         if !k.stored.attributes.encrypt {
