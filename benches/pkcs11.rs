@@ -1,9 +1,11 @@
 //! The daemon on SoftHSM2 next to the same calls made in-process on the same token, in one
 //! run: AES-GCM encrypt of 64 B and 4 KiB, and 32 random bytes.
 //!
-//! `in_process` calls the PKCS#11 backend's session directly — the same cryptoki calls the
-//! daemon's session actors make (C_GenerateRandom for the IV, then C_Encrypt), with no
-//! socket and no thread hand-off. The daemon variants go through the Unix socket: one
+//! `in_process` calls the PKCS#11 backend's session directly — the same token calls the
+//! daemon's session actors make (one C_EncryptInit + one C_Encrypt, IVs drawn 64 per
+//! C_GenerateRandom), with no socket and no thread hand-off: it isolates the daemon's own
+//! overhead. It is not the user's limit; `benches/throughput.rs` measures against that
+//! (direct single-call PKCS#11 with caller IVs). The daemon variants go through the Unix socket: one
 //! request at a time, 256 pipelined (auto-batching off), 256 concurrent calls auto-batched,
 //! one explicit 256-operation batch, four connections each sending a 64-operation batch at
 //! once, and four client connections of 64 concurrent calls.
