@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::backend::{BackendError, BackendResult, BackendSession, SwapOutcome, split_key_ref};
@@ -53,6 +54,9 @@ pub struct UsageLedger {
     /// One reservation in the token at a time from this daemon: they are rare, and
     /// sessions racing for the same record would only make each other retry.
     reserving: Mutex<()>,
+    /// Cleared when the token cannot store data objects: counts are then kept in memory
+    /// only (a restart resets them), and the log says so once.
+    persist: AtomicBool,
 }
 
 impl UsageLedger {
@@ -65,6 +69,7 @@ impl UsageLedger {
             block: (limit / 1024).clamp(1, MAX_BLOCK),
             keys: Mutex::new(HashMap::new()),
             reserving: Mutex::new(()),
+            persist: AtomicBool::new(true),
         }
     }
 
@@ -138,6 +143,10 @@ impl UsageLedger {
         session: &mut dyn BackendSession,
         have: u64,
     ) -> BackendResult<(u64, u64)> {
+        let in_memory = || Ok((have, have.saturating_add(self.block).min(self.limit)));
+        if !self.persist.load(Ordering::Relaxed) {
+            return in_memory();
+        }
         let object = format!("{USAGE_PREFIX}{label}");
         let mut pause = Duration::from_millis(2);
         let mut last = None;
@@ -150,8 +159,8 @@ impl UsageLedger {
                 pause *= 2;
             }
             let current = match session.read_object(&object) {
-                Err(BackendError::Unsupported(_)) => {
-                    return Ok((have, have.saturating_add(self.block).min(self.limit)));
+                Err(e @ (BackendError::Unsupported(_) | BackendError::InvalidArgument(_))) => {
+                    return self.cannot_persist(&e).and_then(|()| in_memory());
                 }
                 Err(e) if !e.is_transient() => {
                     last = Some(e);
@@ -177,6 +186,10 @@ impl UsageLedger {
                 Ok(SwapOutcome::Lost | SwapOutcome::Superseded | SwapOutcome::Undecided) => {}
                 // A broken session is the session actor's to repair (and retry).
                 Err(e) if e.is_transient() => return Err(e),
+                // The token refuses our data objects (opencryptoki's template rules).
+                Err(e @ (BackendError::Unsupported(_) | BackendError::InvalidArgument(_))) => {
+                    return self.cannot_persist(&e).and_then(|()| in_memory());
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -184,6 +197,18 @@ impl UsageLedger {
             "could not reserve encryptions for key '{label}' in the token ({}); retry",
             last.map_or_else(|| "other daemons kept reserving first".to_owned(), |e| e.to_string())
         )))
+    }
+
+    /// Switches to counting in memory for a token that cannot keep the records.
+    fn cannot_persist(&self, why: &BackendError) -> BackendResult<()> {
+        if self.persist.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %why,
+                "this token cannot store encryption counts; counting in memory only, so a \
+                 restart starts every key's count again"
+            );
+        }
+        Ok(())
     }
 
     /// Starts a newly made key `label` at zero. A failure is only logged: the old count
