@@ -237,21 +237,28 @@ impl KeyManager {
         Ok(refs.swap_remove(0))
     }
 
-    /// The envelope keys a ciphertext of this version may be under: one, except for a
-    /// format-1 version with several keys under its HMAC label.
-    async fn open_keys(
-        &self,
-        kek: &KekId,
-        context: &[u8],
-    ) -> Result<Vec<Zeroizing<Vec<u8>>>, WireError> {
+    /// The envelope key new data of KEK `name` under `context` is sealed with: the active
+    /// version's.
+    async fn seal_key(&self, name: &str, context: &[u8]) -> Result<EnvelopeKey, WireError> {
+        let kek = self.active(name).await?;
+        let mac = self.first_ref(&kek, Part::Mac).await?;
+        let dek = self.dek(&kek, mac, context, envelope::DEK_LEN, Purpose::Envelope, true).await?;
+        EnvelopeKey::new(kek, &dek).map_err(envelope_wire)
+    }
+
+    /// The envelope keys a ciphertext of version `kek` may be under, once that version is
+    /// checked to decrypt: one, except for a format-1 version with several keys under its
+    /// HMAC label.
+    async fn open_keys(&self, kek: &KekId, context: &[u8]) -> Result<Vec<EnvelopeKey>, WireError> {
+        self.check_decrypt(kek).await?;
         let refs = self.refs(kek, Part::Mac).await?;
-        let mut deks = Vec::with_capacity(refs.len());
+        let mut keys = Vec::with_capacity(refs.len());
         for (i, r) in refs.into_iter().enumerate() {
-            deks.push(
-                self.dek(kek, r, context, envelope::DEK_LEN, Purpose::Envelope, i == 0).await?,
-            );
+            let dek =
+                self.dek(kek, r, context, envelope::DEK_LEN, Purpose::Envelope, i == 0).await?;
+            keys.push(EnvelopeKey::new(kek.clone(), &dek).map_err(envelope_wire)?);
         }
-        Ok(deks)
+        Ok(keys)
     }
 
     /// The key for (KEK version, context, len, purpose) under the HMAC key `mac`: cached,
@@ -364,10 +371,7 @@ impl KeyManager {
         plaintext: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, WireError> {
-        let kek = self.active(name).await?;
-        let mac = self.first_ref(&kek, Part::Mac).await?;
-        let dek = self.dek(&kek, mac, context, envelope::DEK_LEN, Purpose::Envelope, true).await?;
-        envelope::seal(&kek, &dek, context, plaintext, aad).map_err(wire)
+        self.seal_key(name, context).await?.seal(context, plaintext, aad).map_err(envelope_wire)
     }
 
     /// `EnvelopeDecrypt`.
@@ -378,9 +382,8 @@ impl KeyManager {
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, WireError> {
         let kek = envelope::kek_of(ciphertext).map_err(wire)?;
-        self.check_decrypt(&kek).await?;
-        let deks = self.open_keys(&kek, context).await?;
-        open_with_any(ciphertext, context, aad, &deks).map_err(wire)
+        let keys = self.open_keys(&kek, context).await?;
+        open_with_any(&keys, ciphertext, context, aad).map_err(envelope_wire)
     }
 
     /// The envelope operations of one batch: keys are resolved here (cache hits cost
@@ -455,12 +458,7 @@ impl KeyManager {
                 let key = match &memo.seal {
                     Some((name, ctx, key)) if *name == kek && *ctx == context => key.clone(),
                     _ => {
-                        let id = self.active(&kek).await?;
-                        let mac = self.first_ref(&id, Part::Mac).await?;
-                        let dek = self
-                            .dek(&id, mac, &context, envelope::DEK_LEN, Purpose::Envelope, true)
-                            .await?;
-                        let key = Arc::new(EnvelopeKey::new(id, &dek).map_err(envelope_wire)?);
+                        let key = Arc::new(self.seal_key(&kek, &context).await?);
                         memo.seal = Some((kek, context.clone(), key.clone()));
                         key
                     }
@@ -477,15 +475,7 @@ impl KeyManager {
                     }
                     _ => {
                         let id = KekId { name: name.to_owned(), version };
-                        self.check_decrypt(&id).await?;
-                        let keys = self
-                            .open_keys(&id, &context)
-                            .await?
-                            .iter()
-                            .map(|dek| EnvelopeKey::new(id.clone(), dek))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(envelope_wire)?;
-                        let keys = Arc::new(keys);
+                        let keys = Arc::new(self.open_keys(&id, &context).await?);
                         memo.open = Some((id, context.clone(), keys.clone()));
                         keys
                     }
@@ -626,15 +616,9 @@ impl Prepared {
                 .map(Response::Ciphertext)
                 .map_err(envelope_wire),
             Prepared::Open { keys, context, ciphertext, aad } => {
-                let mut last = EnvelopeError::Integrity;
-                for key in keys.iter() {
-                    match key.open(&ciphertext, &context, &aad) {
-                        Ok(plain) => return Ok(Response::Plaintext(plain.into())),
-                        Err(EnvelopeError::Integrity) => {}
-                        Err(e) => last = e,
-                    }
-                }
-                Err(envelope_wire(last))
+                open_with_any(&keys, &ciphertext, &context, &aad)
+                    .map(|plain| Response::Plaintext(plain.into()))
+                    .map_err(envelope_wire)
             }
         }
     }
@@ -643,15 +627,15 @@ impl Prepared {
 /// Opens an envelope with the first key whose GCM tag verifies (several keys only for a
 /// format-1 version whose label two daemons both used).
 fn open_with_any(
+    keys: &[EnvelopeKey],
     ciphertext: &[u8],
     context: &[u8],
     aad: &[u8],
-    deks: &[Zeroizing<Vec<u8>>],
-) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-    let mut last = BackendError::IntegrityCheckFailed;
-    for dek in deks {
-        match envelope::open(ciphertext, context, aad, dek) {
-            Err(BackendError::IntegrityCheckFailed) => {}
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    let mut last = EnvelopeError::Integrity;
+    for key in keys {
+        match key.open(ciphertext, context, aad) {
+            Err(EnvelopeError::Integrity) => {}
             Err(e) => last = e,
             ok => return ok,
         }
