@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, PIN, TOKEN_LABEL, Token};
+use common::{Daemon, Token};
 use harpocrates::client::{Client, Error};
 
 #[tokio::test]
@@ -47,16 +47,7 @@ async fn a_key_refuses_past_its_limit_even_after_a_restart() {
         assert!(matches!(missing, Error::KeyNotFound(_)), "{missing:?}");
     }
     let hsm = d.softhsm.as_ref().expect("softhsm");
-    let data = hsm.pkcs11_tool(&[
-        "--token-label",
-        TOKEN_LABEL,
-        "--login",
-        "--pin",
-        PIN,
-        "--list-objects",
-        "--type",
-        "data",
-    ]);
+    let data = hsm.list_objects("data");
     assert!(data.contains("harpocrates-usage/k"), "the budget records are listed: {data}");
     assert!(!data.contains("missing-"), "a record was made for a missing key: {data}");
 }

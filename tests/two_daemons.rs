@@ -178,16 +178,7 @@ fn touch_token(hsm: &SoftHsm) {
 
 /// Labels of the KEK keys in the token, with how many objects carry each.
 fn kek_key_labels(hsm: &SoftHsm, kek: &str) -> BTreeMap<String, usize> {
-    let listing = hsm.pkcs11_tool(&[
-        "--token-label",
-        TOKEN_LABEL,
-        "--login",
-        "--pin",
-        PIN,
-        "--list-objects",
-        "--type",
-        "secrkey",
-    ]);
+    let listing = hsm.list_objects("secrkey");
     let prefix = format!("#kek/{kek}/v");
     let mut counts = BTreeMap::new();
     for line in listing.lines() {

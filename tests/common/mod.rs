@@ -82,6 +82,20 @@ impl SoftHsm {
         );
     }
 
+    /// `pkcs11-tool --list-objects --type <kind>` on the fixture token, logged in with [`PIN`].
+    pub fn list_objects(&self, kind: &str) -> String {
+        self.pkcs11_tool(&[
+            "--token-label",
+            TOKEN_LABEL,
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            kind,
+        ])
+    }
+
     /// Runs OpenSC's `pkcs11-tool` against these tokens.
     pub fn pkcs11_tool(&self, args: &[&str]) -> String {
         let out = Command::new("pkcs11-tool")
