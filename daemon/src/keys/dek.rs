@@ -10,6 +10,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hkdf::Hkdf;
@@ -128,6 +129,40 @@ struct Inner {
     slab: LockedSlab,
 }
 
+/// Lookups in data-key caches: how often a derivation was spared a token call.
+pub struct CacheCounts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheCounts {
+    /// Zero hits, zero misses.
+    pub const fn new() -> Self {
+        Self { hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    /// Lookups answered from a cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Relaxed)
+    }
+
+    /// Lookups that found nothing usable (absent or expired).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Relaxed)
+    }
+}
+
+impl Default for CacheCounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every [`DekCache`]'s lookups in this process. Process-wide rather than per cache: a
+/// hot swap builds a new key manager (and cache), and the counts must go on rising across
+/// it, as Prometheus expects of a counter. A process runs one daemon.
+pub static CACHE_COUNTS: CacheCounts = CacheCounts::new();
+
 /// Bounded, expiring, wiping cache of derived data keys.
 pub struct DekCache {
     inner: Mutex<Inner>,
@@ -146,8 +181,16 @@ impl DekCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A copy of the cached key, unless absent or expired (an expired one is wiped).
+    /// A copy of the cached key, unless absent or expired (an expired one is wiped);
+    /// counted in [`CACHE_COUNTS`].
     pub fn get(&self, id: &DekId) -> Option<Zeroizing<Vec<u8>>> {
+        let found = self.lookup(id);
+        let counter = if found.is_some() { &CACHE_COUNTS.hits } else { &CACHE_COUNTS.misses };
+        counter.fetch_add(1, Relaxed);
+        found
+    }
+
+    fn lookup(&self, id: &DekId) -> Option<Zeroizing<Vec<u8>>> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let (slot, len, fresh) = {
@@ -284,8 +327,12 @@ mod tests {
         c.insert(id("a"), &[1; 32]);
         c.insert(id("b"), &[2; 32]);
         assert_eq!(c.get(&id("a")).expect("a").as_slice(), &[1; 32]);
+        let (hits, misses) = (CACHE_COUNTS.hits(), CACHE_COUNTS.misses());
         c.insert(id("c"), &[3; 32]); // evicts b, the least recently used
         assert!(c.get(&id("b")).is_none());
+        assert!(c.get(&id("c")).is_some());
+        // Other tests may use caches meanwhile: at least ours were counted.
+        assert!(CACHE_COUNTS.hits() > hits && CACHE_COUNTS.misses() > misses);
         assert_eq!(c.len(), 2);
         c.forget_version("k", 1);
         assert!(c.is_empty());

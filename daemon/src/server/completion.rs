@@ -1,6 +1,6 @@
 //! Completion: the one place where every request's (and every batch element's) outcome
-//! is known. Listings are cut to what the caller may see, then each outcome is counted
-//! in the metrics and handed to the audit actor once.
+//! is known. Listings are cut to what the caller may see, then each outcome is handed to
+//! the audit actor and counted in the metrics (by operation, error code and latency) once.
 
 use std::time::Duration;
 
@@ -52,38 +52,34 @@ impl Router {
 
     /// Records each outcome once (metrics, audit) and returns the answers — with
     /// `audit.fail_closed`, an answer whose record cannot be made durable is withheld.
+    /// The metrics count the answers as they leave (a withheld one as
+    /// `audit_unavailable`), and their latency up to then.
     pub(super) async fn complete(
         &self,
         ctx: &RequestContext,
         subjects: Vec<Subject>,
         mut answers: Vec<WireResult>,
     ) -> Vec<WireResult> {
+        if self.audit.enabled() {
+            self.audit_outcomes(ctx, &subjects, &mut answers).await;
+        }
+        // One lock per run of like operations, one atomic add per error code seen.
+        self.metrics.record_answers(subjects.iter().map(|s| s.op), &answers, ctx.arrived.elapsed());
+        answers
+    }
+
+    /// Hands each outcome to the audit actor; withholds answers whose record had to be
+    /// durable and could not be made so.
+    async fn audit_outcomes(
+        &self,
+        ctx: &RequestContext,
+        subjects: &[Subject],
+        answers: &mut [WireResult],
+    ) {
         let latency = ctx.arrived.elapsed();
-        // Runs of one operation (a batch is usually all alike) are counted at once.
-        let mut run: Option<(Op, u64, u64)> = None;
-        for (subject, answer) in subjects.iter().zip(&answers) {
-            let failed = u64::from(answer.is_err());
-            match &mut run {
-                Some((op, n, errors)) if *op == subject.op => {
-                    *n += 1;
-                    *errors += failed;
-                }
-                _ => {
-                    if let Some((op, n, errors)) = run.replace((subject.op, 1, failed)) {
-                        self.metrics.record_ops(op, n, errors, latency);
-                    }
-                }
-            }
-        }
-        if let Some((op, n, errors)) = run {
-            self.metrics.record_ops(op, n, errors, latency);
-        }
-        if !self.audit.enabled() {
-            return answers;
-        }
         let events: Vec<Event> = subjects
             .iter()
-            .zip(&answers)
+            .zip(answers.iter())
             .map(|(subject, answer)| {
                 let mut event = self.event(ctx, subject, AuditPhase::Done, Some(answer));
                 event.latency = latency;
@@ -103,7 +99,6 @@ impl Router {
         } else {
             self.audit.record(events).await;
         }
-        answers
     }
 
     /// The audit event for `subject`, before (`answer` = `None`) or after it ran.

@@ -2,6 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use actix::{Actor, ActorContext, Handler, Message, SyncContext};
@@ -51,15 +52,39 @@ pub struct ExecBatch {
 pub struct SessionActor {
     worker: SessionWorker,
     metrics: Arc<Metrics>,
+    /// Sessions of the pool running a batch now (a gauge shared by the lane's actors).
+    busy: Arc<AtomicU32>,
     /// Dropped with the actor, after its session: how the pool learns that every session
     /// is closed before the module is finalised.
     _alive: mpsc::Sender<()>,
 }
 
 impl SessionActor {
-    /// An actor around `worker`; `alive` is held until the actor is dropped.
-    pub fn new(worker: SessionWorker, metrics: Arc<Metrics>, alive: mpsc::Sender<()>) -> Self {
-        Self { worker, metrics, _alive: alive }
+    /// An actor around `worker`; `alive` is held until the actor is dropped, and `busy`
+    /// counts this actor while it runs a batch.
+    pub fn new(
+        worker: SessionWorker,
+        metrics: Arc<Metrics>,
+        busy: Arc<AtomicU32>,
+        alive: mpsc::Sender<()>,
+    ) -> Self {
+        Self { worker, metrics, busy, _alive: alive }
+    }
+}
+
+/// Counts an actor as busy while it lives.
+struct Busy<'a>(&'a AtomicU32);
+
+impl<'a> Busy<'a> {
+    fn start(gauge: &'a AtomicU32) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -71,6 +96,8 @@ impl Handler<ExecBatch> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, batch: ExecBatch, ctx: &mut SyncContext<Self>) {
+        // Two atomic adds per batch, not per operation.
+        let _busy = Busy::start(&self.busy);
         let mut poisoned = false;
         for item in batch.work {
             let work = match item {
