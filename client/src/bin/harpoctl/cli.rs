@@ -69,8 +69,14 @@ pub enum Command {
     Ping,
     /// Daemon and token health.
     Health,
-    /// Operation counters and latencies.
-    Metrics,
+    /// Operation counts, latency percentiles, errors by code, sessions, queue,
+    /// connections, data-key cache, reloads.
+    Metrics {
+        /// Print the Prometheus text exposition format (what the daemon's `[metrics]
+        /// textfile` holds) instead of a table; not with --json.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Random bytes from the token, printed as hex (or raw with --raw, base64 with --base64).
     Random {
         /// How many bytes.

@@ -117,6 +117,9 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             "destroying '{label}' cannot be undone; add --yes to confirm"
         )));
     }
+    if matches!(cli.command, Command::Metrics { prometheus: true }) && cli.json {
+        return Err(Failure::Usage("--json and --prometheus are two formats; choose one".into()));
+    }
     // Read a password file before connecting, so a mistake there is reported as such.
     let password = match &cli.command {
         Command::Keys(
@@ -145,7 +148,7 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             out.ping(started.elapsed());
         }
         Command::Health => out.health(&client.health_check().await?),
-        Command::Metrics => out.metrics(&client.metrics().await?),
+        Command::Metrics { prometheus } => out.metrics(&client.metrics().await?, prometheus),
         Command::Random { len, raw, base64 } => {
             let bytes = client.generate_random(len).await?;
             out.random(bytes.expose(), raw, base64)?;

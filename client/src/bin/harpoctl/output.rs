@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use harpocrates_protocol::{HealthStatus, KeyInfo, MetricsSnapshot};
+use harpocrates_protocol::{HealthStatus, KeyInfo, LatencySummary, MetricsSnapshot};
 use serde_json::{Value, json};
 
 /// Output mode.
@@ -46,6 +46,131 @@ fn usage(k: &KeyInfo) -> String {
         (a.sensitive, "sensitive"),
     ];
     flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+}
+
+fn latency_json(l: &LatencySummary) -> Value {
+    json!({
+        "sum_ns": l.sum_ns, "window_count": l.window_count, "p50_ns": l.p50_ns,
+        "p90_ns": l.p90_ns, "p99_ns": l.p99_ns, "max_ns": l.max_ns,
+    })
+}
+
+/// `metrics --json`: every field of the snapshot; error codes by name.
+fn metrics_json(m: &MetricsSnapshot) -> Value {
+    let per_op: Vec<Value> = m
+        .per_op
+        .iter()
+        .map(|o| {
+            json!({
+                "op": o.op, "count": o.count, "errors": o.errors,
+                "avg_latency_us": o.avg_latency_us, "latency": latency_json(&o.latency),
+            })
+        })
+        .collect();
+    let mut codes = serde_json::Map::new();
+    for e in &m.errors_by_code {
+        let n = codes.get(e.code.name()).and_then(Value::as_u64).unwrap_or(0);
+        codes.insert(e.code.name().to_owned(), json!(n + e.count));
+    }
+    let p = &m.pool;
+    json!({
+        "uptime_secs": m.uptime_secs, "ops_total": m.ops_total, "errors_total": m.errors_total,
+        "ops_per_sec": m.ops_per_sec, "avg_latency_us": m.avg_latency_us,
+        "error_rate": m.error_rate, "connections": m.connections, "per_op": per_op,
+        "audit_records": m.audit_records, "audit_dropped": m.audit_dropped,
+        "audit_failed": m.audit_failed,
+        "errors_by_code": codes,
+        "pool": {
+            "sessions_busy": p.sessions_busy, "sessions_open": p.sessions_open,
+            "sessions_max": p.sessions_max, "queue_depth": p.queue_depth,
+            "queue_capacity": p.queue_capacity,
+        },
+        "connections_total": m.connections_total, "connections_refused": m.connections_refused,
+        "dek_cache_hits": m.dek_cache_hits, "dek_cache_misses": m.dek_cache_misses,
+        "reloads_ok": m.reloads_ok, "reloads_failed": m.reloads_failed,
+        "backend_swaps": m.backend_swaps, "backend_generation": m.backend_generation,
+    })
+}
+
+/// Nanoseconds as microseconds with one decimal.
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+/// `metrics`: a summary, one row per operation, and the error codes that occurred.
+fn metrics_table(m: &MetricsSnapshot) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let p = &m.pool;
+    let lookups = m.dek_cache_hits + m.dek_cache_misses;
+    let hit_rate =
+        if lookups == 0 { 0.0 } else { m.dek_cache_hits as f64 * 100.0 / lookups as f64 };
+    let swaps = if m.backend_swaps == 1 { "swap" } else { "swaps" };
+    let _ = writeln!(
+        t,
+        "uptime {}, {} ops ({:.1}/s), {} errors ({:.2}%), mean {:.1} µs",
+        humantime::format_duration(Duration::from_secs(m.uptime_secs)),
+        m.ops_total,
+        m.ops_per_sec,
+        m.errors_total,
+        m.error_rate * 100.0,
+        m.avg_latency_us,
+    );
+    let _ = writeln!(
+        t,
+        "sessions:    {} busy, {} open, {} max; queue {} waiting of {}",
+        p.sessions_busy, p.sessions_open, p.sessions_max, p.queue_depth, p.queue_capacity
+    );
+    let _ = writeln!(
+        t,
+        "connections: {} open, {} accepted, {} refused (busy)",
+        m.connections, m.connections_total, m.connections_refused
+    );
+    let _ = writeln!(
+        t,
+        "data keys:   {} cache hits, {} misses ({hit_rate:.1}% hits)",
+        m.dek_cache_hits, m.dek_cache_misses
+    );
+    let _ = writeln!(
+        t,
+        "reloads:     {} applied, {} refused; backend generation {} ({} {swaps})",
+        m.reloads_ok, m.reloads_failed, m.backend_generation, m.backend_swaps
+    );
+    let _ = writeln!(
+        t,
+        "audit:       {} records, {} dropped (queue full), {} lost to write failures",
+        m.audit_records, m.audit_dropped, m.audit_failed
+    );
+    let width = m.per_op.iter().map(|o| o.op.len()).max().unwrap_or(0).max("OPERATION".len());
+    let _ = writeln!(
+        t,
+        "\n{:<width$} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "OPERATION", "COUNT", "ERRORS", "MEAN µs", "P50 µs", "P90 µs", "P99 µs", "MAX µs"
+    );
+    for o in &m.per_op {
+        let l = &o.latency;
+        let [p50, p90, p99, max] = if l.window_count == 0 {
+            ["-".to_owned(), "-".to_owned(), "-".to_owned(), "-".to_owned()]
+        } else {
+            [us(l.p50_ns), us(l.p90_ns), us(l.p99_ns), us(l.max_ns)]
+        };
+        let _ = writeln!(
+            t,
+            "{:<width$} {:>12} {:>8} {:>9.1} {p50:>9} {p90:>9} {p99:>9} {max:>9}",
+            o.op, o.count, o.errors, o.avg_latency_us
+        );
+    }
+    let _ = writeln!(t, "(percentiles over the last one to two minutes; - when idle)");
+    let errors: Vec<_> = m.errors_by_code.iter().filter(|e| e.count > 0).collect();
+    if errors.is_empty() {
+        let _ = writeln!(t, "\nno errors");
+    } else {
+        let _ = writeln!(t, "\n{:<width$} {:>12}", "ERROR CODE", "COUNT");
+        for e in errors {
+            let _ = writeln!(t, "{:<width$} {:>12}", e.code.name(), e.count);
+        }
+    }
+    t
 }
 
 impl Out {
@@ -99,43 +224,14 @@ impl Out {
         }
     }
 
-    /// `metrics`.
-    pub fn metrics(&self, m: &MetricsSnapshot) {
-        if self.json {
-            let per_op: Vec<Value> = m
-                .per_op
-                .iter()
-                .map(|o| json!({ "op": o.op, "count": o.count, "errors": o.errors, "avg_latency_us": o.avg_latency_us }))
-                .collect();
-            self.print_json(&json!({
-                "uptime_secs": m.uptime_secs, "ops_total": m.ops_total, "errors_total": m.errors_total,
-                "ops_per_sec": m.ops_per_sec, "avg_latency_us": m.avg_latency_us,
-                "error_rate": m.error_rate, "connections": m.connections, "per_op": per_op,
-                "audit_records": m.audit_records, "audit_dropped": m.audit_dropped,
-                "audit_failed": m.audit_failed,
-            }));
+    /// `metrics`: a table, JSON, or with `prometheus` the Prometheus text format.
+    pub fn metrics(&self, m: &MetricsSnapshot, prometheus: bool) {
+        if prometheus {
+            print!("{}", m.to_prometheus());
+        } else if self.json {
+            self.print_json(&metrics_json(m));
         } else {
-            println!(
-                "uptime {}s, {} ops ({:.1}/s), {} errors ({:.2}%), avg {:.1} µs, {} connections",
-                m.uptime_secs,
-                m.ops_total,
-                m.ops_per_sec,
-                m.errors_total,
-                m.error_rate * 100.0,
-                m.avg_latency_us,
-                m.connections
-            );
-            println!(
-                "audit: {} records, {} dropped (queue full), {} lost to write failures",
-                m.audit_records, m.audit_dropped, m.audit_failed
-            );
-            println!("{:<30} {:>12} {:>10} {:>12}", "OPERATION", "COUNT", "ERRORS", "AVG µs");
-            for o in &m.per_op {
-                println!(
-                    "{:<30} {:>12} {:>10} {:>12.1}",
-                    o.op, o.count, o.errors, o.avg_latency_us
-                );
-            }
+            print!("{}", metrics_table(m));
         }
     }
 
