@@ -11,6 +11,7 @@
 //! with a session error and are reopened by their actors.
 
 pub mod errors;
+mod module;
 pub mod raw;
 pub mod session;
 pub mod uri;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub can_wrap: bool,
     /// Single-call AES-GCM, past cryptoki's length query.
     pub raw: raw::RawCalls,
+    /// Counts this backend as a user of its module until it goes.
+    module: module::ModuleUse,
 }
 
 /// The backend handle the daemon holds.
@@ -117,6 +120,7 @@ impl Pkcs11Backend {
         if !lib.exists() {
             return Err(startup(format!("PKCS#11 module {} does not exist", lib.display())));
         }
+        let module = module::ModuleUse::register(lib);
         let ctx = Pkcs11::new(lib)
             .map_err(|e| startup(format!("cannot load PKCS#11 module {}: {e}", lib.display())))?;
         match ctx.initialize(init_args()) {
@@ -140,10 +144,13 @@ impl Pkcs11Backend {
                     tried += 1;
                     tracing::warn!(error = %e, attempt = tried, "token not usable yet; looking again");
                     std::thread::sleep(delay);
-                    // Modules such as SoftHSM2 read their tokens at C_Initialize.
-                    let _ = ctx.clone().finalize();
-                    if let Err(e) = ctx.initialize(init_args()) {
-                        tracing::debug!(error = %brief(&e), "C_Initialize");
+                    // Modules such as SoftHSM2 read their tokens at C_Initialize; but a
+                    // module another backend of ours is serving on is not ours to reset.
+                    if module.others() == 0 {
+                        let _ = ctx.clone().finalize();
+                        if let Err(e) = ctx.initialize(init_args()) {
+                            tracing::debug!(error = %brief(&e), "C_Initialize");
+                        }
                     }
                 }
                 Err((e, _)) => return Err(e),
@@ -168,6 +175,7 @@ impl Pkcs11Backend {
                 creating: Mutex::new(()),
                 can_wrap,
                 raw,
+                module,
             }),
         };
         Ok(backend)
@@ -399,6 +407,12 @@ impl Backend for Pkcs11Backend {
         // the module behind this call.
         let _one = self.shared.reinit.lock().unwrap_or_else(|p| p.into_inner());
         write(&self.shared.keys).clear();
+        let others = self.shared.module.others();
+        if others > 0 {
+            // A hot swap to another token on the same module: the new backend lives on.
+            tracing::info!(others, "PKCS#11 module left initialised: another backend uses it");
+            return;
+        }
         match self.shared.ctx.clone().finalize() {
             Ok(()) => tracing::info!("PKCS#11 module finalised"),
             Err(e) => tracing::warn!(error = %brief(&e), "C_Finalize failed"),
