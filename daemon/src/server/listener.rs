@@ -1,5 +1,6 @@
 //! The listening socket: created in a directory only we control, with the configured
-//! permissions, and removed again on shutdown.
+//! permissions, and removed again on shutdown; or taken from systemd (socket
+//! activation), and then left alone.
 //!
 //! A local attacker shares the host. If another user could create or write the socket's
 //! directory, they could move our socket aside and put their own listener in its place,
@@ -35,6 +36,9 @@ pub enum ListenError {
         /// What was found there.
         kind: &'static str,
     },
+    /// The socket systemd passed is not one the daemon can serve on.
+    #[error("{0}")]
+    Activation(String),
     /// The audit file could not be opened: the daemon does not run unaudited.
     #[error("audit: {0}")]
     Audit(String),
@@ -62,6 +66,19 @@ impl BoundSocket {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The listening socket systemd passed (socket activation). systemd owns its file:
+    /// it is never removed, whatever happens.
+    pub fn activated(listener: std::os::unix::net::UnixListener) -> Result<Self, ListenError> {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("(socket passed by systemd)"));
+        let listener = UnixListener::from_std(listener)
+            .map_err(|source| ListenError::Io { path: path.clone(), source })?;
+        Ok(Self { listener, path, identity: None })
     }
 }
 
