@@ -20,7 +20,10 @@ async fn metrics_count_operations_errors_and_connections() {
     let d = Daemon::start();
     let c = client(&d).await;
     let info = c.server_info().await.expect("info");
-    assert_eq!((info.protocol_version, info.backend.as_str()), (1, "soft"));
+    assert_eq!(
+        (info.protocol_version, info.backend.as_str()),
+        (harpocrates::protocol::PROTOCOL_VERSION, "soft")
+    );
     c.ping().await.expect("ping");
     c.generate_key("alpha", 256).await.expect("keygen");
     assert!(matches!(c.generate_key("alpha", 256).await, Err(Error::KeyExists(_))));

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use harpocrates_protocol::{
-    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, Request, Response,
-    RotationStep, SecretBytes,
+    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, ReloadReport,
+    Request, Response, RotationStep, SecretBytes,
 };
 
 use crate::batch::BatchBuilder;
@@ -249,6 +249,11 @@ impl BlockingClient {
     /// See [`Client::metrics`].
     pub fn metrics(&self) -> Result<MetricsSnapshot> {
         self.runtime.block_on(self.client.metrics())
+    }
+
+    /// See [`Client::reload`].
+    pub fn reload(&self) -> Result<ReloadReport> {
+        self.runtime.block_on(self.client.reload())
     }
 }
 

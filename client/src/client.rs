@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use harpocrates_protocol::{
-    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot, Request,
-    Response, RotationStep, SecretBytes, paths,
+    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
+    ReloadReport, Request, Response, RotationStep, SecretBytes, paths,
 };
 
 use crate::connection::{ClientOptions, Connection, ServerInfo};
@@ -332,6 +332,13 @@ impl Client {
 
     /// Operation counters and latencies.
     pub async fn metrics(&self) -> Result<MetricsSnapshot> {
-        expect_response!(self.call(Request::GetMetrics).await?, Response::Metrics(m) => m)
+        expect_response!(self.call(Request::GetMetrics).await?, Response::Metrics(m) => *m)
+    }
+
+    /// Has the daemon re-read its configuration file and apply it (`admin` access), as
+    /// SIGHUP does; a configuration that does not validate is refused with the reason,
+    /// and the running one stays.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        expect_response!(self.call(Request::Reload).await?, Response::Reloaded(r) => r)
     }
 }

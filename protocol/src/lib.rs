@@ -29,6 +29,7 @@ pub mod error;
 pub mod kek;
 pub mod label;
 pub mod message;
+pub mod metrics;
 pub mod ops;
 pub mod paths;
 pub mod secret;
@@ -39,13 +40,14 @@ pub use error::{ErrorCode, WireError};
 pub use kek::{DataKey, KekId, KekInfo, KekVersionInfo, KekVersionState, RotationStep};
 pub use message::{
     HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
-    OpMetrics, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
+    OpMetrics, ReloadReport, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
 };
+pub use metrics::{ErrorCount, LatencySummary, PoolGauges};
 pub use ops::{Op, OpClass, Target};
 pub use secret::SecretBytes;
 
 /// The protocol version this crate speaks, sent in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default largest frame body accepted, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;

@@ -332,6 +332,11 @@ pub enum Request {
         /// A version to decrypt with; `None` for the active one.
         version: Option<u32>,
     },
+    /// Re-reads the daemon's configuration file and applies it (admin only), as SIGHUP
+    /// does: a changed backend is swapped in without dropping a request, other settings
+    /// apply in place, and a configuration that does not validate is refused (the running
+    /// one stays). Answered with [`Response::Reloaded`].
+    Reload,
 }
 
 /// A successful answer.
@@ -368,7 +373,8 @@ pub enum Response {
     /// Answers [`Request::HealthCheck`].
     Health(HealthStatus),
     /// Answers [`Request::GetMetrics`].
-    Metrics(MetricsSnapshot),
+    /// (Boxed: the snapshot is large, and every answer is sized by its largest kind.)
+    Metrics(Box<MetricsSnapshot>),
     /// Answers [`Request::Batch`], element by element in request order.
     Batch(Vec<WireResult>),
     /// Answers [`Request::BackupKey`]: the backup blob.
@@ -381,6 +387,8 @@ pub enum Response {
     DataKey(DataKey),
     /// One event of a [`Request::SubscribeAudit`] stream.
     AuditEvent(Box<crate::audit::AuditEvent>),
+    /// Answers [`Request::Reload`].
+    Reloaded(ReloadReport),
 }
 
 /// Overall health.
@@ -426,6 +434,23 @@ pub struct HealthStatus {
     pub key_count: u64,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
+    /// The backend generation serving requests: 1 at start, one more per hot swap.
+    pub generation: u64,
+    /// When that generation took over, in seconds since the Unix epoch.
+    pub generation_since: u64,
+}
+
+/// Answer to [`Request::Reload`]: what the new configuration changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The backend generation now serving (one more than before when `swapped`).
+    pub generation: u64,
+    /// Whether a new backend session pool took over.
+    pub swapped: bool,
+    /// Settings applied in place, by name.
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only at the next restart, by name.
+    pub need_restart: Vec<String>,
 }
 
 /// Counters for one operation kind.
@@ -439,6 +464,8 @@ pub struct OpMetrics {
     pub errors: u64,
     /// Mean time from admission to answer, microseconds.
     pub avg_latency_us: f64,
+    /// Latency quantiles over the last minute or two, and the sum since start.
+    pub latency: crate::metrics::LatencySummary,
 }
 
 /// Answer to [`Request::GetMetrics`].
@@ -446,7 +473,8 @@ pub struct OpMetrics {
 pub struct MetricsSnapshot {
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
-    /// Operations completed since start.
+    /// Client operations completed since start (the daemon's own token jobs are listed in
+    /// `per_op` but counted neither here nor in the other totals and rates).
     pub ops_total: u64,
     /// Of which failed.
     pub errors_total: u64,
@@ -458,7 +486,8 @@ pub struct MetricsSnapshot {
     pub error_rate: f64,
     /// Open client connections.
     pub connections: u64,
-    /// Per-operation counters.
+    /// Per-operation counters: client operations in protocol order, then the daemon's own
+    /// token jobs (`kek_*`, `watchdog_probe`, ...); only those that ran.
     pub per_op: Vec<OpMetrics>,
     /// Audit records handed to the audit actor.
     pub audit_records: u64,
@@ -468,4 +497,25 @@ pub struct MetricsSnapshot {
     /// Audit records lost because the audit file could not be written (their operations
     /// were refused or withheld when they had to be durable).
     pub audit_failed: u64,
+    /// Answers that carried an error, by code: every code this build knows, in number
+    /// order (zeros included), then any other code received.
+    pub errors_by_code: Vec<crate::metrics::ErrorCount>,
+    /// The serving session pool: sessions busy, open and configured, and its queue.
+    pub pool: crate::metrics::PoolGauges,
+    /// Client connections accepted since start.
+    pub connections_total: u64,
+    /// Connections refused with `Busy` because the connection limit was reached.
+    pub connections_refused: u64,
+    /// Data-key lookups answered from the cache.
+    pub dek_cache_hits: u64,
+    /// Data-key lookups that had to ask the token (absent or expired).
+    pub dek_cache_misses: u64,
+    /// Configuration reloads that applied.
+    pub reloads_ok: u64,
+    /// Configuration reloads refused (the running configuration stayed).
+    pub reloads_failed: u64,
+    /// Hot swaps of the backend's session pool.
+    pub backend_swaps: u64,
+    /// The backend generation serving requests: 1 at start, one more per swap.
+    pub backend_generation: u64,
 }

@@ -117,11 +117,13 @@ pub enum Op {
     SubscribeAudit,
     /// [`Request::EnvelopeDataKey`].
     EnvelopeDataKey,
+    /// [`Request::Reload`].
+    Reload,
 }
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 27] = [
+    pub const ALL: [Op; 28] = [
         Op::Hello,
         Op::Ping,
         Op::GenerateRandom,
@@ -149,6 +151,7 @@ impl Op {
         Op::RetireKekVersion,
         Op::SubscribeAudit,
         Op::EnvelopeDataKey,
+        Op::Reload,
     ];
 
     /// The stable name used in metrics, logs and audit records.
@@ -181,6 +184,7 @@ impl Op {
             Op::RetireKekVersion => "retire_kek_version",
             Op::SubscribeAudit => "subscribe_audit",
             Op::EnvelopeDataKey => "envelope_data_key",
+            Op::Reload => "reload",
         }
     }
 
@@ -207,7 +211,7 @@ impl Op {
             | Op::RestoreKey
             | Op::GenerateKek => OpClass::Manage,
             Op::Rotation | Op::RetireKekVersion => OpClass::Rotate,
-            Op::HealthCheck | Op::GetMetrics | Op::SubscribeAudit => OpClass::Admin,
+            Op::HealthCheck | Op::GetMetrics | Op::SubscribeAudit | Op::Reload => OpClass::Admin,
         }
     }
 }
@@ -256,6 +260,7 @@ impl Request {
             Request::RetireKekVersion { .. } => Op::RetireKekVersion,
             Request::SubscribeAudit => Op::SubscribeAudit,
             Request::EnvelopeDataKey { .. } => Op::EnvelopeDataKey,
+            Request::Reload => Op::Reload,
         }
     }
 
@@ -292,6 +297,7 @@ impl Request {
             | Request::HealthCheck
             | Request::GetMetrics
             | Request::SubscribeAudit
+            | Request::Reload
             | Request::Batch(_)
             | Request::ListKeks => Target::None,
         }

@@ -50,6 +50,7 @@ fn leaf_request() -> impl Strategy<Value = Request> {
         }),
         ".{0,20}".prop_map(|name| Request::GenerateKek { name }),
         Just(Request::ListKeks),
+        Just(Request::Reload),
         (".{0,20}", bytes(40), any::<u32>())
             .prop_map(|(kek, context, len)| Request::DeriveDataKey { kek, context, len }),
         ".{0,20}".prop_map(|kek| Request::GenerateDataKey { kek }),
@@ -146,11 +147,13 @@ fn leaf_response() -> impl Strategy<Value = Response> {
                 max_sessions: max,
                 key_count: keys,
                 uptime_secs: keys / 3,
+                generation: u64::from(max),
+                generation_since: keys / 5,
             })
         },
     );
     let metrics = (any::<u64>(), any::<u64>(), 0.0f64..1e9).prop_map(|(ops, errs, rate)| {
-        Response::Metrics(MetricsSnapshot {
+        Response::Metrics(Box::new(MetricsSnapshot {
             uptime_secs: 1,
             ops_total: ops,
             errors_total: errs,
@@ -163,11 +166,38 @@ fn leaf_response() -> impl Strategy<Value = Response> {
                 count: ops,
                 errors: errs,
                 avg_latency_us: rate,
+                latency: LatencySummary {
+                    sum_ns: ops,
+                    window_count: errs,
+                    p50_ns: 1,
+                    p90_ns: 2,
+                    p99_ns: 3,
+                    max_ns: u64::MAX,
+                },
             }],
             audit_records: ops,
             audit_dropped: errs,
             audit_failed: 1,
-        })
+            errors_by_code: vec![
+                ErrorCount { code: ErrorCode::Busy, count: errs },
+                ErrorCount { code: ErrorCode::Unknown(999), count: 1 },
+            ],
+            pool: PoolGauges {
+                sessions_busy: 1,
+                sessions_open: 2,
+                sessions_max: 3,
+                queue_depth: ops,
+                queue_capacity: 1024,
+            },
+            connections_total: ops,
+            connections_refused: errs,
+            dek_cache_hits: 5,
+            dek_cache_misses: 6,
+            reloads_ok: 7,
+            reloads_failed: 8,
+            backend_swaps: 9,
+            backend_generation: 10,
+        }))
     });
     prop_oneof![
         (any::<u32>(), ".{0,10}", ".{0,10}", any::<u32>()).prop_map(
