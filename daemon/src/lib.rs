@@ -25,3 +25,4 @@ pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod startup;
+pub mod systemd;

@@ -1,16 +1,25 @@
 //! Logging to journald when systemd gave us a journal stream, else to stderr.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// The tracing target of audit events (see `actors::audit`).
 pub const AUDIT_TARGET: &str = "harpocrates::audit";
 
+/// The installed filter, for [`set_level`].
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 pub fn init(level: &str) {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = filter(level, from_env.as_deref());
+    let (filter, handle) = reload::Layer::new(filter(level, rust_log().as_deref()));
+    let _ = FILTER.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
@@ -31,6 +40,25 @@ pub fn init(level: &str) {
     let _ = registry
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
         .try_init();
+}
+
+/// Replaces the log filter with `level` (a reload). Returns `false` when nothing changes
+/// because `RUST_LOG` overrides the configuration, or no subscriber was installed here.
+pub fn set_level(level: &str) -> Result<bool, String> {
+    if rust_log().is_some() {
+        return Ok(false);
+    }
+    let Some(handle) = FILTER.get() else {
+        return Ok(false);
+    };
+    check_level(level)?;
+    handle.reload(filter(level, None)).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// Whether `level` is a filter [`set_level`] accepts.
+pub fn check_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level).map(drop).map_err(|e| format!("{level:?} is not a log filter: {e}"))
 }
 
 /// The filter: `rust_log` (else `level`), with audit records always let through unless

@@ -35,13 +35,16 @@ fn run(args: &Args) -> Result<(), StartupError> {
         );
         return Ok(());
     }
+    // A socket systemd passed is checked before the token is opened: a unit-file mistake
+    // should not cost a login.
+    let service = server::Service::from_env(args)?;
     let backend = startup::open_backend(&settings)?;
     let dev = settings.dev;
     let backend_name = settings.backend.name();
     let sessions = settings.max_sessions;
-    server::run(settings, backend, move |path| {
-        tracing::info!(socket = %path.display(), backend = backend_name, sessions, "ready");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let activated = service.activated.is_some();
+    server::run(settings, backend, service, move |path| {
+        tracing::info!(socket = %path.display(), activated, backend = backend_name, sessions, "ready");
         if dev {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
@@ -57,7 +60,6 @@ fn run(args: &Args) -> Result<(), StartupError> {
             let _ = out.flush();
         }
     })?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
 }

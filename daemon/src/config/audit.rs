@@ -81,18 +81,3 @@ pub fn policy(rules: &[RawRule], source: &Path, dev: bool) -> Result<Policy, Con
     Policy::new(rules, source, &privileged_uids(dev))
         .map_err(|e| ConfigError::Policy(e.to_string()))
 }
-
-/// Reads the policy again from `path` and puts it in force; on any error (the file
-/// unreadable, bad TOML, a bad rule) the policy in force stays and the error says why.
-/// Returns the number of rules now in force.
-pub fn reload_policy(
-    path: &Path,
-    dev: bool,
-    store: &crate::policy::PolicyStore,
-) -> Result<usize, ConfigError> {
-    let raw = super::load_file(path)?;
-    let policy = policy(raw.policy.as_deref().unwrap_or_default(), path, dev)?;
-    let rules = policy.rule_count();
-    store.replace(policy);
-    Ok(rules)
-}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// harpocratesd — an HSM behind one Unix socket.
-#[derive(Debug, Default, Parser)]
+#[derive(Debug, Clone, Default, Parser)]
 #[command(name = "harpocratesd", version)]
 pub struct Args {
     /// Configuration file (TOML).

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cli;
 pub mod cloudhsm;
+pub mod metrics;
 pub mod pin;
 pub mod raw;
 
@@ -63,7 +64,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Which token serves the keys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSettings {
     /// The embedded soft token.
     Soft(SoftConfig),
@@ -132,6 +133,8 @@ pub struct Settings {
     pub dev: bool,
     /// Where audit records go.
     pub audit: crate::actors::audit::AuditSettings,
+    /// The node_exporter textfile, if any.
+    pub metrics: metrics::MetricsSettings,
     /// The access policy in force (shared: a reload replaces the policy inside).
     pub policy: std::sync::Arc<crate::policy::PolicyStore>,
     /// The configuration file, if any (a reload reads it again).
@@ -224,6 +227,7 @@ impl Settings {
     fn validate_from(mut raw: RawConfig, source: &Path, dev: bool) -> Result<Self, ConfigError> {
         let policy = audit::policy(raw.policy.as_deref().unwrap_or_default(), source, dev)?;
         let audit_settings = audit::audit_settings(raw.audit.take())?;
+        let metrics_settings = metrics::metrics_settings(raw.metrics.take())?;
         let socket_mode = match raw.socket_mode.as_deref() {
             None => 0o660,
             Some(s) => Some(s.strip_prefix("0o").unwrap_or(s))
@@ -358,6 +362,7 @@ impl Settings {
             backend,
             dev: false,
             audit: audit_settings,
+            metrics: metrics_settings,
             policy: std::sync::Arc::new(crate::policy::PolicyStore::new(policy)),
             config_path: None,
         })

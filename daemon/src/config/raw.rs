@@ -68,6 +68,8 @@ pub struct RawConfig {
     pub cloudhsm: Option<RawCloudHsm>,
     /// `[audit]`: where audit records go.
     pub audit: Option<RawAudit>,
+    /// `[metrics]`: the node_exporter textfile.
+    pub metrics: Option<RawMetrics>,
     /// `[[policy]]` tables: who may do what (see `docs/access-control.md`).
     pub policy: Option<Vec<crate::policy::raw::RawRule>>,
 }
@@ -88,6 +90,17 @@ pub struct RawAudit {
     pub on_backlog: Option<String>,
     /// Events queued for the audit writer.
     pub queue: Option<u64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// A file (absolute path) rewritten atomically with the Prometheus text format, for
+    /// node_exporter's textfile collector, e.g. `"/var/lib/node_exporter/harpocrates.prom"`.
+    pub textfile: Option<PathBuf>,
+    /// How often the file is rewritten, e.g. `"15s"` (1s to 1h).
+    pub interval: Option<String>,
 }
 
 /// `[pkcs11]`.

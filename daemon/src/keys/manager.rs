@@ -31,7 +31,7 @@ const FORCED_REFRESH: Duration = Duration::from_millis(100);
 pub const WRAPPED_V1: u8 = 0xD1;
 
 /// Key-manager settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyManagerSettings {
     /// How long a cached KEK state is trusted.
     pub kek_refresh: Duration,

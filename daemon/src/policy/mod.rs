@@ -202,7 +202,12 @@ impl PolicyStore {
 
     /// Puts `policy` in force for every request that starts after this.
     pub fn replace(&self, policy: Policy) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+        self.put(Arc::new(policy));
+    }
+
+    /// Puts `policy` in force (one compiled for another store, on a reload).
+    pub fn put(&self, policy: Arc<Policy>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 
     /// Builds a policy from `rules` and puts it in force; on error the old one stays.

@@ -33,7 +33,11 @@ impl Router {
                 }
                 (Op::HealthCheck, Ok(Response::Health(health))) => {
                     let listed = self
-                        .run_in_pool(vec![(0, Request::ListKeys)], &ctx.conn.lanes)
+                        .run_in_pool(
+                            &self.generation(),
+                            vec![(0, Request::ListKeys)],
+                            &ctx.conn.lanes,
+                        )
                         .await
                         .pop()
                         .map(|(_, r)| r);

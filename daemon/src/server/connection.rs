@@ -97,6 +97,19 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+impl ConnectionLimits {
+    /// The limits `settings` configure.
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            max_frame: settings.max_frame,
+            max_in_flight: settings.max_in_flight,
+            max_connection_bytes: settings.max_connection_bytes,
+            frame_timeout: settings.frame_timeout,
+            idle_timeout: settings.idle_timeout,
+        }
+    }
+}
+
 /// When the connection was last busy, and how much it has in flight.
 #[derive(Clone)]
 struct Activity {

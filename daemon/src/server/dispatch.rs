@@ -24,26 +24,28 @@ use harpocrates_protocol::{
     AuditPhase, ErrorCode, MAX_BATCH_LEN, Op, Request, Response, WireError, WireResult,
 };
 
-use actix::Addr;
-
 use super::admission::{Subject, admit};
 use super::context::{ConnectionLanes, MAX_KDF_PER_CONNECTION, RequestContext};
+use super::generation::{Current, Generation};
+use super::reload::task::ReloadHandle;
 use crate::actors::audit::actor::{Auditor, MAX_SUBSCRIBERS, SubscribeError, Subscription};
-use crate::actors::rotation::actor::{KekChange, RotationCoordinator};
-use crate::actors::session::pool::{Lane, SessionPool};
-use crate::keys::manager::{EnvelopeOp, KeyManager};
+use crate::actors::rotation::actor::KekChange;
+use crate::actors::session::pool::Lane;
+use crate::keys::manager::EnvelopeOp;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 
 /// Answers requests after the handshake. Every connection I/O thread has its own clone.
+///
+/// Each request (a batch with all its elements) is served by the backend
+/// [generation](super::generation) in force when it arrived, start to finish.
 #[derive(Clone)]
 pub struct Router {
-    pool: SessionPool,
+    current: Arc<Current>,
     pub(super) metrics: Arc<Metrics>,
-    keys: Arc<KeyManager>,
-    coordinator: Addr<RotationCoordinator>,
     pub(super) audit: Auditor,
     policy: Arc<PolicyStore>,
+    reload: ReloadHandle,
 }
 
 // Clones are made on the accept thread and moved to the I/O threads.
@@ -66,6 +68,7 @@ enum Place {
     Here(WireResult),
     Pool,
     Keys,
+    Reload,
 }
 
 fn uses_kdf(request: &Request) -> bool {
@@ -82,22 +85,26 @@ fn kdf_busy() -> WireError {
 }
 
 impl Router {
-    /// A router over `pool`, with the key manager and its rotation coordinator, recording
-    /// to `audit` and deciding with `policy`.
+    /// A router over the generation in force, recording to `audit`, deciding with
+    /// `policy`, and reloading through `reload`.
     pub fn new(
-        pool: SessionPool,
+        current: Arc<Current>,
         metrics: Arc<Metrics>,
-        keys: Arc<KeyManager>,
-        coordinator: Addr<RotationCoordinator>,
         audit: Auditor,
         policy: Arc<PolicyStore>,
+        reload: ReloadHandle,
     ) -> Self {
-        Self { pool, metrics, keys, coordinator, audit, policy }
+        Self { current, metrics, audit, policy, reload }
     }
 
     /// The backend's name, for the handshake.
     pub fn backend_name(&self) -> &'static str {
-        self.pool.shared().backend.name()
+        self.current.load().backend().name()
+    }
+
+    /// The backend generation in force now.
+    pub(super) fn generation(&self) -> Arc<Generation> {
+        self.current.load()
     }
 
     /// The metrics registry.
@@ -109,7 +116,10 @@ impl Router {
     pub async fn handle(&self, request: Request, ctx: &RequestContext) -> WireResult {
         match request {
             Request::Batch(items) if items.len() > MAX_BATCH_LEN => {
-                self.metrics.record_op(Op::Batch, false, ctx.arrived.elapsed());
+                self.metrics.record_outcomes(
+                    [(Op::Batch, Some(ErrorCode::InvalidRequest))],
+                    ctx.arrived.elapsed(),
+                );
                 Err(WireError::new(
                     ErrorCode::InvalidRequest,
                     format!("batch of {} operations; the limit is {MAX_BATCH_LEN}", items.len()),
@@ -157,15 +167,17 @@ impl Router {
     ) -> Vec<WireResult> {
         let policy = self.policy.current();
         let grants = policy.grants(&ctx.conn.caller());
+        let generation = self.current.load();
         let mut subjects = Vec::with_capacity(requests.len());
         let mut answers: Vec<Option<WireResult>> = Vec::with_capacity(requests.len());
         let mut for_pool = Vec::new();
         let mut for_keys = Vec::new();
+        let mut reloads = Vec::new();
         for (i, request) in requests.into_iter().enumerate() {
             let subject =
                 Subject::of(&request, batched.then(|| u32::try_from(i).unwrap_or(u32::MAX)));
             let place = match admit(&request, &subject, &grants) {
-                Ok(()) => self.place(&request),
+                Ok(()) => self.place(&request, &generation),
                 Err(refused) => Place::Here(Err(refused)),
             };
             match place {
@@ -178,6 +190,10 @@ impl Router {
                     answers.push(None);
                     for_keys.push((i, request));
                 }
+                Place::Reload => {
+                    answers.push(None);
+                    reloads.push(i);
+                }
             }
             subjects.push(subject);
         }
@@ -186,11 +202,19 @@ impl Router {
             if for_pool.is_empty() {
                 Vec::new()
             } else {
-                self.run_in_pool(for_pool, &ctx.conn.lanes).await
+                self.run_in_pool(&generation, for_pool, &ctx.conn.lanes).await
             }
         };
-        let (pooled, keyed) = futures::join!(pooled, self.run_keyed(for_keys));
-        for (i, r) in pooled.into_iter().chain(keyed) {
+        let reloaded = futures::future::join_all(
+            reloads
+                .into_iter()
+                .map(|i| async move { (i, self.reload.reload().await.map(Response::Reloaded)) }),
+        );
+        let (pooled, keyed, reloaded) =
+            futures::join!(pooled, self.run_keyed(&generation, for_keys), reloaded);
+        // Answered: the generation may now retire, if a reload replaced it.
+        drop(generation);
+        for (i, r) in pooled.into_iter().chain(keyed).chain(reloaded) {
             answers[i] = Some(r);
         }
         let mut answers: Vec<WireResult> =
@@ -247,7 +271,7 @@ impl Router {
 
     /// Key-manager operations: envelope operations resolved together (their AES work
     /// spread across cores), the others concurrently beside them.
-    async fn run_keyed(&self, items: Vec<Indexed>) -> Vec<IndexedAnswer> {
+    async fn run_keyed(&self, generation: &Generation, items: Vec<Indexed>) -> Vec<IndexedAnswer> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -257,62 +281,63 @@ impl Router {
         let envelope_ops: Vec<(usize, EnvelopeOp)> =
             envelopes.into_iter().filter_map(|(i, r)| envelope_op(r).map(|op| (i, op))).collect();
         let (mut sealed, mut rest) = futures::join!(
-            self.keys.envelope_batch(envelope_ops),
+            generation.keys.envelope_batch(envelope_ops),
             futures::future::join_all(
-                others.into_iter().map(|(i, r)| async move { (i, self.key_manager(r).await) }),
+                others
+                    .into_iter()
+                    .map(|(i, r)| async move { (i, key_manager(generation, r).await) }),
             )
         );
         sealed.append(&mut rest);
         sealed
     }
+}
 
-    /// Answers a key-manager request (other than envelope operations).
-    async fn key_manager(&self, request: Request) -> WireResult {
-        let km = &self.keys;
-        let change = |msg| async move {
-            self.coordinator.send(msg).await.unwrap_or_else(|_| {
-                Err(WireError::new(ErrorCode::Unavailable, "the rotation coordinator stopped"))
-            })
-        };
-        match request {
-            Request::GenerateKek { name } => {
-                change(KekChange::Create(name)).await.map(Response::Kek)
-            }
-            Request::Rotation { kek, step } => {
-                change(KekChange::Step(kek, step)).await.map(Response::Kek)
-            }
-            Request::RetireKekVersion { kek, version, destroy } => {
-                change(KekChange::Retire { name: kek, version, destroy }).await.map(Response::Kek)
-            }
-            Request::ListKeks => km.list().await.map(Response::Keks),
-            Request::DeriveDataKey { kek, context, len } => {
-                km.derive_data_key(&kek, &context, len).await.map(Response::DataKey)
-            }
-            Request::EnvelopeDataKey { kek, context, version } => {
-                km.envelope_data_key(&kek, &context, version).await.map(Response::DataKey)
-            }
-            Request::GenerateDataKey { kek } => {
-                km.generate_data_key(&kek).await.map(Response::DataKey)
-            }
-            Request::UnwrapDataKey { wrapped } => {
-                km.unwrap_data_key(&wrapped).await.map(Response::DataKey)
-            }
-            Request::Rewrap { context, ciphertext, aad } => km
-                .rewrap(&context, &ciphertext, aad.as_deref().unwrap_or_default())
-                .await
-                .map(Response::Ciphertext),
-            other => Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("'{}' is not a key-manager request", other.op_name()),
-            )),
+/// Answers a key-manager request (other than envelope operations).
+async fn key_manager(generation: &Generation, request: Request) -> WireResult {
+    let km = &generation.keys;
+    let change = |msg| async move {
+        generation.coordinator.send(msg).await.unwrap_or_else(|_| {
+            Err(WireError::new(ErrorCode::Unavailable, "the rotation coordinator stopped"))
+        })
+    };
+    match request {
+        Request::GenerateKek { name } => change(KekChange::Create(name)).await.map(Response::Kek),
+        Request::Rotation { kek, step } => {
+            change(KekChange::Step(kek, step)).await.map(Response::Kek)
         }
+        Request::RetireKekVersion { kek, version, destroy } => {
+            change(KekChange::Retire { name: kek, version, destroy }).await.map(Response::Kek)
+        }
+        Request::ListKeks => km.list().await.map(Response::Keks),
+        Request::DeriveDataKey { kek, context, len } => {
+            km.derive_data_key(&kek, &context, len).await.map(Response::DataKey)
+        }
+        Request::EnvelopeDataKey { kek, context, version } => {
+            km.envelope_data_key(&kek, &context, version).await.map(Response::DataKey)
+        }
+        Request::GenerateDataKey { kek } => km.generate_data_key(&kek).await.map(Response::DataKey),
+        Request::UnwrapDataKey { wrapped } => {
+            km.unwrap_data_key(&wrapped).await.map(Response::DataKey)
+        }
+        Request::Rewrap { context, ciphertext, aad } => km
+            .rewrap(&context, &ciphertext, aad.as_deref().unwrap_or_default())
+            .await
+            .map(Response::Ciphertext),
+        other => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("'{}' is not a key-manager request", other.op_name()),
+        )),
     }
+}
 
+impl Router {
     /// Submits operations to the pool, in units of at most [`MAX_OPS_PER_UNIT`], with
     /// password-KDF work in its own lane; every operation gets an answer, tagged with the
     /// index it came with.
     pub(super) async fn run_in_pool(
         &self,
+        generation: &Generation,
         ops: Vec<Indexed>,
         lanes: &ConnectionLanes,
     ) -> Vec<IndexedAnswer> {
@@ -332,7 +357,7 @@ impl Router {
         units.extend(kdf.into_iter().map(|op| (Lane::Kdf, vec![op])));
         let submitted = units.into_iter().map(|(lane, unit)| {
             let (slots, ops): (Vec<usize>, Vec<Request>) = unit.into_iter().unzip();
-            let receiver = self.pool.submit(lane, ops);
+            let receiver = generation.pool.submit(lane, ops);
             async move {
                 let results = match receiver {
                     Ok(rx) => rx.await.unwrap_or_else(|_| vec![lost(); slots.len()]),
@@ -352,7 +377,7 @@ impl Router {
 
     /// Where an admitted request is answered. The match is over every [`Op`], so a new
     /// request kind must be placed here before the daemon compiles.
-    fn place(&self, request: &Request) -> Place {
+    fn place(&self, request: &Request, generation: &Generation) -> Place {
         let here = Place::Here;
         match request.op() {
             Op::Hello => here(Err(WireError::new(
@@ -368,10 +393,14 @@ impl Router {
                 "SubscribeAudit is answered with a stream; send it alone, not in a batch",
             ))),
             Op::Ping => here(Ok(Response::Pong)),
-            Op::SupportsKeyBackup => here(Ok(Response::BackupSupported(
-                self.pool.shared().backend.supports_key_backup(),
-            ))),
-            Op::GetMetrics => here(Ok(Response::Metrics(self.metrics.snapshot()))),
+            Op::SupportsKeyBackup => {
+                here(Ok(Response::BackupSupported(generation.backend().supports_key_backup())))
+            }
+            Op::GetMetrics => {
+                let snapshot = self.metrics.snapshot_with(generation.pool.gauges());
+                here(Ok(Response::Metrics(Box::new(snapshot))))
+            }
+            Op::Reload => Place::Reload,
             Op::GenerateKek
             | Op::ListKeks
             | Op::DeriveDataKey

@@ -20,6 +20,7 @@
 
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use actix::Arbiter;
 use tokio::sync::mpsc;
@@ -27,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::budget::TotalBudget;
-use super::connection::{self, ConnectionLimits};
+use super::connection;
 use super::dispatch::Router;
+use super::live::Live;
 
 /// An accepted connection on its way to its thread. The token counts it as open until
 /// its last answer has been written.
@@ -42,8 +44,8 @@ struct Accepted {
 pub struct ConnectionParts {
     /// Cloned once per thread.
     pub router: Router,
-    /// Per-connection limits.
-    pub limits: ConnectionLimits,
+    /// Per-connection limits in force (a reload may change them for new connections).
+    pub limits: Arc<Live>,
     /// The daemon-wide byte budget.
     pub total: TotalBudget,
     /// Cancelled when the daemon stops.
@@ -154,6 +156,7 @@ async fn serve_intake(mut rx: mpsc::UnboundedReceiver<Accepted>, parts: Connecti
             }
         };
         let (router, total, shutdown) = (router.clone(), total.clone(), shutdown.clone());
+        let limits = limits.limits();
         actix::spawn(async move {
             connection::serve(stream, router, limits, total, shutdown).await;
             drop(token);

@@ -104,6 +104,9 @@ pub enum Command {
     /// Envelope encryption in the daemon under KEK-derived data keys.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// The daemon itself (needs the `admin` right).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// The daemon's hash-chained audit file: check it, read it.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -111,6 +114,16 @@ pub enum Command {
     /// decrypt, envelope, envelope-decrypt or derive, e.g. `bench --op encrypt --size 4k
     /// -c 2 -t 128`.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Re-read the daemon's configuration file and apply it, as `systemctl reload` does:
+    /// a changed backend is swapped in without dropping a request, other settings apply
+    /// in place, and a configuration that does not validate is refused with the reason
+    /// (the running one stays).
+    Reload,
 }
 
 /// `audit ...`

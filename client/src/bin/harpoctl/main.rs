@@ -17,7 +17,7 @@ use harpocrates_client::{Client, ClientOptions, Error, KeyAttributes};
 use harpocrates_protocol::paths;
 use zeroize::Zeroizing;
 
-use cli::{Cli, Command, CryptArgs, KeysCommand};
+use cli::{AdminCommand, Cli, Command, CryptArgs, KeysCommand};
 use output::Out;
 
 fn main() -> ExitCode {
@@ -148,6 +148,7 @@ async fn run(cli: Cli, out: Out) -> Result<(), Failure> {
             out.ping(started.elapsed());
         }
         Command::Health => out.health(&client.health_check().await?),
+        Command::Admin(AdminCommand::Reload) => out.reloaded(&client.reload().await?),
         Command::Metrics { prometheus } => out.metrics(&client.metrics().await?, prometheus),
         Command::Random { len, raw, base64 } => {
             let bytes = client.generate_random(len).await?;

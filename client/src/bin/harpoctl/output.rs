@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use harpocrates_protocol::{HealthStatus, KeyInfo, LatencySummary, MetricsSnapshot};
+use harpocrates_protocol::{HealthStatus, KeyInfo, LatencySummary, MetricsSnapshot, ReloadReport};
 use serde_json::{Value, json};
 
 /// Output mode.
@@ -209,6 +209,8 @@ impl Out {
                 "max_sessions": h.max_sessions,
                 "key_count": h.key_count,
                 "uptime_secs": h.uptime_secs,
+                "generation": h.generation,
+                "generation_since": h.generation_since,
             }));
         } else {
             println!("state:     {:?}", h.state);
@@ -221,6 +223,33 @@ impl Out {
             println!("sessions:  {}/{}", h.active_sessions, h.max_sessions);
             println!("keys:      {}", h.key_count);
             println!("uptime:    {}s", h.uptime_secs);
+            println!(
+                "backend generation: {} (since {})",
+                h.generation,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.generation_since)
+                )
+            );
+        }
+    }
+
+    /// `admin reload`.
+    pub fn reloaded(&self, r: &ReloadReport) {
+        if self.json {
+            self.print_json(&json!({
+                "generation": r.generation,
+                "swapped": r.swapped,
+                "applied": r.applied,
+                "need_restart": r.need_restart,
+            }));
+        } else {
+            let swap =
+                if r.swapped { "a new backend generation took over" } else { "same backend" };
+            println!("reloaded: generation {} ({swap})", r.generation);
+            println!("applied in place: {}", r.applied.join(", "));
+            if !r.need_restart.is_empty() {
+                println!("changed, applies at the next restart: {}", r.need_restart.join(", "));
+            }
         }
     }
 

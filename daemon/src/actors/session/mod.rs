@@ -45,6 +45,34 @@ pub struct PoolShared {
     pub started: Instant,
     /// Encryptions per key, against the random-IV limit.
     pub usage: usage::UsageLedger,
+    /// Which backend generation this pool serves, for health reports.
+    pub generation: GenerationStamp,
+}
+
+/// A backend generation's number and when it took over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationStamp {
+    /// 1 at start, one more per hot swap.
+    pub number: u64,
+    /// When it took over.
+    pub since: std::time::SystemTime,
+}
+
+impl GenerationStamp {
+    /// The first generation, taking over now.
+    pub fn first() -> Self {
+        Self { number: 1, since: std::time::SystemTime::now() }
+    }
+
+    /// The generation after this one, taking over now.
+    pub fn next(self) -> Self {
+        Self { number: self.number + 1, since: std::time::SystemTime::now() }
+    }
+
+    /// `since` in seconds after the Unix epoch.
+    pub fn since_unix(self) -> u64 {
+        self.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
 }
 
 /// An open session, counted in [`PoolShared::active`] while it lives.
@@ -183,6 +211,8 @@ impl SessionWorker {
             max_sessions: shared.max_sessions,
             key_count: keys.map_or(0, |k| k.len() as u64),
             uptime_secs: shared.started.elapsed().as_secs(),
+            generation: shared.generation.number,
+            generation_since: shared.generation.since_unix(),
         }
     }
 

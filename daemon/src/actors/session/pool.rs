@@ -7,9 +7,10 @@
 //! flight, so when the actors are busy the queue grows and the next batch is larger.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use actix::{Addr, SyncArbiter};
-use harpocrates_protocol::{ErrorCode, Request, WireError, WireResult};
+use harpocrates_protocol::{ErrorCode, PoolGauges, Request, WireError, WireResult};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,8 @@ pub struct SessionPool {
     kdf_queue: mpsc::Sender<Queued>,
     shared: Arc<PoolShared>,
     stop: CancellationToken,
+    /// Token-lane actors running a batch now.
+    busy: Arc<AtomicU32>,
 }
 
 /// Resolves once every session actor of a pool has stopped and dropped its session.
@@ -68,7 +71,8 @@ impl SessionPool {
     ) -> (Self, PoolStopped) {
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let stop = CancellationToken::new();
-        let start_lane = |threads: usize, depth: usize| {
+        let busy = Arc::new(AtomicU32::new(0));
+        let start_lane = |threads: usize, depth: usize, busy: Arc<AtomicU32>| {
             let factory_shared = shared.clone();
             let metrics = metrics.clone();
             let alive = alive_tx.clone();
@@ -76,6 +80,7 @@ impl SessionPool {
                 SessionActor::new(
                     SessionWorker::new(factory_shared.clone()),
                     metrics.clone(),
+                    busy.clone(),
                     alive.clone(),
                 )
             });
@@ -84,9 +89,23 @@ impl SessionPool {
             queue
         };
         let sessions = shared.max_sessions.max(1) as usize;
-        let queue = start_lane(sessions, queue_depth);
-        let kdf_queue = start_lane(1, KDF_QUEUE_DEPTH);
-        (Self { queue, kdf_queue, shared, stop }, PoolStopped { alive })
+        let queue = start_lane(sessions, queue_depth, busy.clone());
+        // The KDF lane's session is not one of `max_sessions`: its busy count is its own.
+        let kdf_queue = start_lane(1, KDF_QUEUE_DEPTH, Arc::default());
+        (Self { queue, kdf_queue, shared, stop, busy }, PoolStopped { alive })
+    }
+
+    /// The pool's gauges right now: token sessions busy, open and configured, and the work
+    /// waiting in the token lane's queue.
+    pub fn gauges(&self) -> PoolGauges {
+        let capacity = self.queue.max_capacity();
+        PoolGauges {
+            sessions_busy: self.busy.load(Ordering::Relaxed),
+            sessions_open: self.shared.active.load(Ordering::Relaxed),
+            sessions_max: self.shared.max_sessions,
+            queue_depth: capacity.saturating_sub(self.queue.capacity()) as u64,
+            queue_capacity: capacity as u64,
+        }
     }
 
     /// What the pool shares with its workers.

@@ -113,6 +113,7 @@ fn fixture(attempts: u32, session_timeout: Duration) -> Fixture {
         retry: RetryPolicy { attempts, delay: Duration::from_millis(1) },
         session_timeout,
         started: Instant::now(),
+        generation: super::GenerationStamp::first(),
     });
     Fixture { _dir: dir, fail_next, opened, worker: SessionWorker::new(shared) }
 }

@@ -21,7 +21,7 @@ use super::{
 use crate::formats::backup;
 
 /// Where and how the soft token keeps its keys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoftConfig {
     /// Directory holding the encrypted key store.
     pub state_dir: PathBuf,
