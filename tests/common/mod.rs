@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod hanging;
+
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
