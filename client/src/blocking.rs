@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use harpocrates_protocol::{
-    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, ReloadReport,
-    Request, Response, RotationStep, SecretBytes,
+    DataKey, HealthStatus, KekInfo, KeyAttributes, KeyInfo, MetricsSnapshot, ReloadReport, Request,
+    Response, RotationStep, SecretBytes,
 };
 
 use crate::batch::BatchBuilder;

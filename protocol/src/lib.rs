@@ -39,10 +39,10 @@ pub use codec::{BodyError, FrameError, MessageCodec, WRITE_BUFFER, bincode_confi
 pub use error::{ErrorCode, WireError};
 pub use kek::{DataKey, KekId, KekInfo, KekVersionInfo, KekVersionState, RotationStep};
 pub use message::{
-    HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, MetricsSnapshot,
-    OpMetrics, ReloadReport, Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
+    HealthState, HealthStatus, KeyAlgorithm, KeyAttributes, KeyHandle, KeyInfo, ReloadReport,
+    Request, RequestFrame, Response, ResponseFrame, TokenInfo, WireResult,
 };
-pub use metrics::{ErrorCount, LatencySummary, PoolGauges};
+pub use metrics::{ErrorCount, LatencySummary, MetricsSnapshot, OpMetrics, PoolGauges};
 pub use ops::{Op, OpClass, Target};
 pub use secret::SecretBytes;
 

@@ -374,7 +374,7 @@ pub enum Response {
     Health(HealthStatus),
     /// Answers [`Request::GetMetrics`].
     /// (Boxed: the snapshot is large, and every answer is sized by its largest kind.)
-    Metrics(Box<MetricsSnapshot>),
+    Metrics(Box<crate::metrics::MetricsSnapshot>),
     /// Answers [`Request::Batch`], element by element in request order.
     Batch(Vec<WireResult>),
     /// Answers [`Request::BackupKey`]: the backup blob.
@@ -451,71 +451,4 @@ pub struct ReloadReport {
     pub applied: Vec<String>,
     /// Settings that changed but take effect only at the next restart, by name.
     pub need_restart: Vec<String>,
-}
-
-/// Counters for one operation kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpMetrics {
-    /// Operation name (see [`Request::op_name`]).
-    pub op: String,
-    /// Operations completed.
-    pub count: u64,
-    /// Of which failed.
-    pub errors: u64,
-    /// Mean time from admission to answer, microseconds.
-    pub avg_latency_us: f64,
-    /// Latency quantiles over the last minute or two, and the sum since start.
-    pub latency: crate::metrics::LatencySummary,
-}
-
-/// Answer to [`Request::GetMetrics`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsSnapshot {
-    /// Seconds since the daemon started.
-    pub uptime_secs: u64,
-    /// Client operations completed since start (the daemon's own token jobs are listed in
-    /// `per_op` but counted neither here nor in the other totals and rates).
-    pub ops_total: u64,
-    /// Of which failed.
-    pub errors_total: u64,
-    /// Operations per second over the last minute (or since start, if shorter).
-    pub ops_per_sec: f64,
-    /// Mean latency over all operations since start, microseconds.
-    pub avg_latency_us: f64,
-    /// `errors_total / ops_total` (0 when idle).
-    pub error_rate: f64,
-    /// Open client connections.
-    pub connections: u64,
-    /// Per-operation counters: client operations in protocol order, then the daemon's own
-    /// token jobs (`kek_*`, `watchdog_probe`, ...); only those that ran.
-    pub per_op: Vec<OpMetrics>,
-    /// Audit records handed to the audit actor.
-    pub audit_records: u64,
-    /// Audit records of `use` operations dropped because the queue was full
-    /// (`audit.on_backlog = "count"` only).
-    pub audit_dropped: u64,
-    /// Audit records lost because the audit file could not be written (their operations
-    /// were refused or withheld when they had to be durable).
-    pub audit_failed: u64,
-    /// Answers that carried an error, by code: every code this build knows, in number
-    /// order (zeros included), then any other code received.
-    pub errors_by_code: Vec<crate::metrics::ErrorCount>,
-    /// The serving session pool: sessions busy, open and configured, and its queue.
-    pub pool: crate::metrics::PoolGauges,
-    /// Client connections accepted since start.
-    pub connections_total: u64,
-    /// Connections refused with `Busy` because the connection limit was reached.
-    pub connections_refused: u64,
-    /// Data-key lookups answered from the cache.
-    pub dek_cache_hits: u64,
-    /// Data-key lookups that had to ask the token (absent or expired).
-    pub dek_cache_misses: u64,
-    /// Configuration reloads that applied.
-    pub reloads_ok: u64,
-    /// Configuration reloads refused (the running configuration stayed).
-    pub reloads_failed: u64,
-    /// Hot swaps of the backend's session pool.
-    pub backend_swaps: u64,
-    /// The backend generation serving requests: 1 at start, one more per swap.
-    pub backend_generation: u64,
 }

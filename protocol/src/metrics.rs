@@ -1,6 +1,6 @@
-//! The parts of a [`MetricsSnapshot`] beyond plain counters (latency summaries, answers
-//! by error code, the session pool's gauges), and the snapshot in the Prometheus text
-//! exposition format.
+//! The metrics snapshot (`GetMetrics`): counters, latency summaries, answers by error
+//! code, the session pool's gauges; and the snapshot in the Prometheus text exposition
+//! format.
 //!
 //! The rendering lives here, beside the types, so that `harpoctl metrics --prometheus`
 //! and the daemon's node_exporter textfile print the same metrics the same way. Every
@@ -11,8 +11,74 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
-use crate::message::MetricsSnapshot;
 use crate::ops::Op;
+
+/// Counters for one operation kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpMetrics {
+    /// Operation name (see [`Request::op_name`](crate::Request::op_name)).
+    pub op: String,
+    /// Operations completed.
+    pub count: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Mean time from admission to answer, microseconds.
+    pub avg_latency_us: f64,
+    /// Latency quantiles over the last minute or two, and the sum since start.
+    pub latency: LatencySummary,
+}
+
+/// Answer to [`Request::GetMetrics`](crate::Request::GetMetrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Client operations completed since start (the daemon's own token jobs are listed in
+    /// `per_op` but counted neither here nor in the other totals and rates).
+    pub ops_total: u64,
+    /// Of which failed.
+    pub errors_total: u64,
+    /// Operations per second over the last minute (or since start, if shorter).
+    pub ops_per_sec: f64,
+    /// Mean latency over all operations since start, microseconds.
+    pub avg_latency_us: f64,
+    /// `errors_total / ops_total` (0 when idle).
+    pub error_rate: f64,
+    /// Open client connections.
+    pub connections: u64,
+    /// Per-operation counters: client operations in protocol order, then the daemon's own
+    /// token jobs (`kek_*`, `watchdog_probe`, ...); only those that ran.
+    pub per_op: Vec<OpMetrics>,
+    /// Audit records handed to the audit actor.
+    pub audit_records: u64,
+    /// Audit records of `use` operations dropped because the queue was full
+    /// (`audit.on_backlog = "count"` only).
+    pub audit_dropped: u64,
+    /// Audit records lost because the audit file could not be written (their operations
+    /// were refused or withheld when they had to be durable).
+    pub audit_failed: u64,
+    /// Answers that carried an error, by code: every code this build knows, in number
+    /// order (zeros included), then any other code received.
+    pub errors_by_code: Vec<ErrorCount>,
+    /// The serving session pool: sessions busy, open and configured, and its queue.
+    pub pool: PoolGauges,
+    /// Client connections accepted since start.
+    pub connections_total: u64,
+    /// Connections refused with `Busy` because the connection limit was reached.
+    pub connections_refused: u64,
+    /// Data-key lookups answered from the cache.
+    pub dek_cache_hits: u64,
+    /// Data-key lookups that had to ask the token (absent or expired).
+    pub dek_cache_misses: u64,
+    /// Configuration reloads that applied.
+    pub reloads_ok: u64,
+    /// Configuration reloads refused (the running configuration stayed).
+    pub reloads_failed: u64,
+    /// Hot swaps of the backend's session pool.
+    pub backend_swaps: u64,
+    /// The backend generation serving requests: 1 at start, one more per swap.
+    pub backend_generation: u64,
+}
 
 /// Every error code this build knows, in wire-number order (1, 2, ...). Answers with a
 /// code outside this list are counted as `unknown`.
@@ -54,7 +120,7 @@ pub struct LatencySummary {
     /// Sum of every latency since start, nanoseconds (with [`OpMetrics::count`] it is a
     /// Prometheus summary's `_sum` and `_count`).
     ///
-    /// [`OpMetrics::count`]: crate::OpMetrics::count
+    /// [`OpMetrics::count`]: OpMetrics::count
     pub sum_ns: u64,
     /// Operations in the quantile window (the last one to two minutes); the quantiles
     /// below are meaningless when it is 0.
@@ -234,7 +300,7 @@ impl MetricsSnapshot {
     /// (zero when absent), then the snapshot's other entries (internal jobs), each name
     /// once.
     fn ops_for_prometheus(&self) -> Vec<(&str, u64, u64, LatencySummary)> {
-        fn entry(o: &crate::OpMetrics) -> (&str, u64, u64, LatencySummary) {
+        fn entry(o: &OpMetrics) -> (&str, u64, u64, LatencySummary) {
             (o.op.as_str(), o.count, o.errors, o.latency)
         }
         let mut ops: Vec<_> = Op::ALL
@@ -359,7 +425,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::OpMetrics;
+    use OpMetrics;
 
     fn snapshot() -> MetricsSnapshot {
         MetricsSnapshot {
