@@ -65,6 +65,7 @@ use super::budget::{Charge, ConnectionBudget, TotalBudget};
 use super::context::{ConnectionContext, ConnectionLanes, RequestContext};
 use super::dispatch::Router;
 use super::frame_reader::{FrameReader, Incoming, ReadError};
+use super::live::ConnectionLimits;
 use crate::peer::Peer;
 
 type Codec = MessageCodec<RequestFrame, ResponseFrame>;
@@ -81,34 +82,6 @@ const BIG_CONNECTION: usize = 8 << 20;
 
 /// Connections are numbered from 1 for audit records.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
-
-/// Per-connection limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// Largest frame body.
-    pub max_frame: u32,
-    /// Requests in flight.
-    pub max_in_flight: usize,
-    /// Request and answer bytes held for this connection.
-    pub max_connection_bytes: usize,
-    /// Time for a started frame to arrive whole (also the time to say Hello).
-    pub frame_timeout: Duration,
-    /// A connection with nothing in flight for this long is closed.
-    pub idle_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    /// The limits `settings` configure.
-    pub fn of(settings: &crate::config::Settings) -> Self {
-        Self {
-            max_frame: settings.max_frame,
-            max_in_flight: settings.max_in_flight,
-            max_connection_bytes: settings.max_connection_bytes,
-            frame_timeout: settings.frame_timeout,
-            idle_timeout: settings.idle_timeout,
-        }
-    }
-}
 
 /// When the connection was last busy, and how much it has in flight.
 #[derive(Clone)]

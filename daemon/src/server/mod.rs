@@ -128,7 +128,7 @@ pub async fn serve(
     );
     let current = Arc::new(Current::new(first));
     let live = Arc::new(Live::new(
-        connection::ConnectionLimits::of(&settings),
+        live::ConnectionLimits::of(&settings),
         fd_limit::effective_max_connections(
             settings.max_connections,
             settings.max_sessions,

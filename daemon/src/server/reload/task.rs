@@ -14,9 +14,8 @@ use crate::actors::session::pool::PoolStopped;
 use crate::backend::Backend;
 use crate::config::{Args, ConfigError, Settings};
 use crate::metrics::Metrics;
-use crate::server::connection::ConnectionLimits;
 use crate::server::generation::{self, Current, Generation, PoolSettings};
-use crate::server::live::Live;
+use crate::server::live::{ConnectionLimits, Live};
 use crate::systemd::notify::{Notifier, NotifyState};
 
 /// Why a reload was refused; the configuration in force stays.
