@@ -5,8 +5,30 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use harpocrates_daemon::config::{Args, Settings};
+use harpocrates_daemon::server::ListenError;
 use harpocrates_daemon::startup::{self, StartupError};
 use harpocrates_daemon::{logging, server};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Configuration or token.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The socket (bound or passed by systemd) or the audit file.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+impl Failure {
+    /// 78 (EX_CONFIG) for configuration errors, 1 otherwise.
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Startup(e) => e.exit_code(),
+            Failure::Listen(_) => 1,
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -19,8 +41,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), StartupError> {
-    let settings = Settings::from_args(args)?;
+fn run(args: &Args) -> Result<(), Failure> {
+    let settings = Settings::from_args(args).map_err(StartupError::from)?;
     logging::init(&settings.log_level);
     if args.check_config {
         // A PIN that cannot log in is a broken configuration too: open the token, log in,

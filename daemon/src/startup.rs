@@ -21,9 +21,6 @@ pub enum StartupError {
         /// What it said.
         source: BackendError,
     },
-    /// The socket could not be bound.
-    #[error(transparent)]
-    Listen(#[from] crate::server::ListenError),
 }
 
 impl StartupError {
