@@ -1,33 +1,16 @@
 //! `[metrics]`: where and how often the daemon writes its metrics for node_exporter's
 //! textfile collector.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::RawMetrics;
 use super::{ConfigError, duration, invalid};
+pub use crate::metrics::textfile::{DEFAULT_INTERVAL, MetricsSettings};
 
-/// Default time between two writes of the textfile.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 /// Shortest interval accepted (each write is a file, an fsync and a rename).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest interval accepted (node_exporter would show numbers older than this).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Validated `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// The file rewritten with the Prometheus text format; `None`: no file.
-    pub textfile: Option<PathBuf>,
-    /// Time between two writes.
-    pub interval: Duration,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        Self { textfile: None, interval: DEFAULT_INTERVAL }
-    }
-}
 
 /// Checks `[metrics]` and fills in defaults.
 pub fn metrics_settings(raw: Option<RawMetrics>) -> Result<MetricsSettings, ConfigError> {
@@ -59,6 +42,8 @@ pub fn metrics_settings(raw: Option<RawMetrics>) -> Result<MetricsSettings, Conf
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn check(textfile: Option<&str>, interval: Option<&str>) -> Result<MetricsSettings, String> {

@@ -14,11 +14,27 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use harpocrates_protocol::MetricsSnapshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::metrics::MetricsSettings;
+/// Default time between two writes of the textfile.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
+/// Validated `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// The file rewritten with the Prometheus text format; `None`: no file.
+    pub textfile: Option<PathBuf>,
+    /// Time between two writes.
+    pub interval: Duration,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { textfile: None, interval: DEFAULT_INTERVAL }
+    }
+}
 
 /// Names tried for the temporary file before giving up.
 const ATTEMPTS: u64 = 16;
