@@ -605,8 +605,8 @@ fn sighup_puts_a_changed_policy_in_force_and_keeps_the_old_one_when_the_new_one_
         });
         assert!(d.is_running(), "SIGHUP must not stop the daemon");
     };
-    const RELOADED: &str = "access policy reloaded";
-    const REFUSED: &str = "the new policy is refused";
+    const RELOADED: &str = "configuration reloaded";
+    const REFUSED: &str = "reload refused";
 
     let ran = encrypt();
     assert_eq!(ran.code, EXIT_DENIED, "not granted yet: {}", ran.stderr);
