@@ -123,23 +123,21 @@ impl Current {
 /// How often a retiring generation is checked for requests still holding it.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// Retires `old`: waits (at most `grace`) for the requests still holding it to be
-/// answered, stops its pool, waits (at most `grace` again) for its sessions to close,
-/// then finalises its backend when `finalize`. Returns whether it drained in time.
-pub async fn retire(
-    old: Arc<Generation>,
-    stopped: PoolStopped,
-    grace: Duration,
-    finalize: bool,
-) -> bool {
-    let number = old.stamp.number;
-    let deadline = tokio::time::Instant::now() + grace;
-    // Only requests hold a generation besides this task; nothing new can take it.
-    while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
+/// Waits until `shared` has no other owner, or until `deadline`; says whether it has none.
+async fn sole_owner<T: ?Sized>(shared: &Arc<T>, deadline: tokio::time::Instant) -> bool {
+    while Arc::strong_count(shared) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    let drained = Arc::strong_count(&old) == 1;
-    if !drained {
+    Arc::strong_count(shared) == 1
+}
+
+/// Retires `old`: waits (at most `grace`) for the requests still holding it to be
+/// answered, stops its pool, waits (at most `grace` again) for its sessions to close,
+/// then finalises its backend when `finalize`.
+pub async fn retire(old: Arc<Generation>, stopped: PoolStopped, grace: Duration, finalize: bool) {
+    let number = old.stamp.number;
+    // Only requests hold a generation besides this task; nothing new can take it.
+    if !sole_owner(&old, tokio::time::Instant::now() + grace).await {
         tracing::warn!(
             generation = number,
             holding = Arc::strong_count(&old) - 1,
@@ -155,18 +153,14 @@ pub async fn retire(
             generation = number,
             "a retired session actor is still inside the token; its backend is left open"
         );
-        return false;
+        return;
     }
     if finalize {
         // The key manager and the coordinator hold the backend too; they go with the
         // generation's actors. Wait for them, so that whatever the backend holds (the
         // soft token's lock on its directory) is released when this returns.
-        let deadline = tokio::time::Instant::now() + grace;
-        while Arc::strong_count(&backend) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
+        sole_owner(&backend, tokio::time::Instant::now() + grace).await;
         let _ = tokio::task::spawn_blocking(move || backend.finalize()).await;
     }
     tracing::info!(generation = number, "retired backend generation closed");
-    drained
 }

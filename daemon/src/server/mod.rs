@@ -261,7 +261,7 @@ pub async fn serve(
             std::process::abort();
         }
     };
-    let grace = reloader.settings.shutdown_timeout;
+    let grace = reloader.shutdown_timeout();
     connections.close();
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!(
@@ -278,7 +278,7 @@ pub async fn serve(
     // Sessions are closed before the module is finalised, and both before the process
     // exits: a session thread still inside the module while exit handlers run the
     // module's destructors is how a SoftHSM2 daemon crashed on SIGTERM.
-    let backend = reloader.finish(grace).await;
+    let backend = reloader.finish().await;
     // Last: every request that could add a record has finished.
     audit.close().await;
     backend

@@ -2,7 +2,7 @@
 //! actix `System` thread (where a new generation's actors must start).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harpocrates_protocol::{ErrorCode, ReloadReport, WireError};
 use tokio::sync::{mpsc, oneshot};
@@ -68,23 +68,19 @@ impl ReloadHandle {
 /// The state a reload works on.
 pub struct Reloader {
     /// How the daemon was started (`None`: no configuration file to re-read).
-    pub args: Option<Args>,
+    args: Option<Args>,
     /// The settings in force.
-    pub settings: Settings,
+    settings: Settings,
     /// The generation in force.
-    pub current: Arc<Current>,
+    current: Arc<Current>,
     /// Tells when the current generation's sessions have closed.
-    pub stopped: PoolStopped,
+    stopped: PoolStopped,
     /// Connection limits in force.
-    pub live: Arc<Live>,
-    /// The daemon's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The service manager.
-    pub notifier: Notifier,
-    /// When the daemon started (health reports uptime from it).
-    pub started: Instant,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
     /// I/O threads (for the connection limit the descriptors allow).
-    pub io_threads: usize,
+    io_threads: usize,
     retiring: TaskTracker,
 }
 
@@ -109,10 +105,14 @@ impl Reloader {
             live,
             metrics,
             notifier,
-            started: Instant::now(),
             io_threads,
             retiring: TaskTracker::new(),
         }
+    }
+
+    /// The grace period for requests in flight at shutdown, as configured now.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.settings.shutdown_timeout
     }
 
     /// Serves reload requests from `rx` until `shutdown`, then returns itself.
@@ -212,11 +212,13 @@ impl Reloader {
     ) -> u64 {
         let stamp = before.stamp.next();
         let token = backend.token_info().label;
+        // Health reports uptime from the daemon's start, which every generation carries on.
+        let daemon_started = before.pool.shared().started;
         let (generation, stopped) = Generation::start(
             stamp,
             backend,
             &PoolSettings::of(next),
-            self.started,
+            daemon_started,
             self.metrics.clone(),
         );
         let old = self.current.replace(generation);
@@ -236,9 +238,10 @@ impl Reloader {
     }
 
     /// At shutdown, once no request can arrive: stops the generation in force, waits
-    /// (at most `grace` each) for its sessions and for retiring generations to close, and
-    /// returns the backend in force for the caller to finalise.
-    pub async fn finish(self, grace: Duration) -> Arc<dyn Backend> {
+    /// (at most the shutdown timeout each) for its sessions and for retiring generations
+    /// to close, and returns the backend in force for the caller to finalise.
+    pub async fn finish(self) -> Arc<dyn Backend> {
+        let grace = self.settings.shutdown_timeout;
         let current = self.current.load();
         let backend = current.backend().clone();
         current.pool.stop();
