@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::hooked::{Hook, Hooked};
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use harpocrates::client::{Client, Error};
-use harpocrates::protocol::{KeyAttributes, KeyInfo, SecretBytes, TokenInfo};
+use harpocrates_daemon::backend::BackendResult;
 use harpocrates_daemon::backend::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenChoice, errors, uri};
-use harpocrates_daemon::backend::{Backend, BackendResult, BackendSession};
 use harpocrates_daemon::config::{RawConfig, Settings};
 use harpocrates_daemon::server;
 use zeroize::Zeroizing;
@@ -71,64 +71,18 @@ impl Plan {
     }
 }
 
-struct Faulty {
-    inner: Pkcs11Backend,
-    plan: Arc<Plan>,
-}
-
-struct FaultySession {
-    inner: Box<dyn BackendSession>,
-    plan: Arc<Plan>,
-}
-
-impl Backend for Faulty {
-    fn name(&self) -> &'static str {
-        "pkcs11"
+impl Hook for Plan {
+    fn before(&self, what: &'static str) -> BackendResult<()> {
+        self.check(what)
     }
-    fn open_session(&self) -> BackendResult<Box<dyn BackendSession>> {
+
+    fn before_open(&self) -> BackendResult<()> {
         // Opening counts only when everything fails: a reopen must not use up the one
         // success in three that keeps requests inside the budget.
-        if self.plan.mode.load(Ordering::SeqCst) == ALWAYS {
-            self.plan.check("open session")?;
+        if self.mode.load(Ordering::SeqCst) == ALWAYS {
+            self.check("open session")?;
         }
-        Ok(Box::new(FaultySession { inner: self.inner.open_session()?, plan: self.plan.clone() }))
-    }
-    fn token_info(&self) -> TokenInfo {
-        self.inner.token_info()
-    }
-    fn supports_key_backup(&self) -> bool {
-        self.inner.supports_key_backup()
-    }
-}
-
-impl BackendSession for FaultySession {
-    fn generate_random(&mut self, len: usize) -> BackendResult<SecretBytes> {
-        self.plan.check("random")?;
-        self.inner.generate_random(len)
-    }
-    fn generate_key(&mut self, label: &str, a: &KeyAttributes) -> BackendResult<KeyInfo> {
-        self.plan.check("keygen")?;
-        self.inner.generate_key(label, a)
-    }
-    fn list_keys(&mut self) -> BackendResult<Vec<KeyInfo>> {
-        self.plan.check("list")?;
-        self.inner.list_keys()
-    }
-    fn encrypt(&mut self, key: &str, p: &[u8], aad: &[u8]) -> BackendResult<Vec<u8>> {
-        self.plan.check("encrypt")?;
-        self.inner.encrypt(key, p, aad)
-    }
-    fn decrypt(&mut self, key: &str, c: &[u8], aad: &[u8]) -> BackendResult<SecretBytes> {
-        self.plan.check("decrypt")?;
-        self.inner.decrypt(key, c, aad)
-    }
-    fn destroy_key(&mut self, label: &str) -> BackendResult<()> {
-        self.plan.check("destroy")?;
-        self.inner.destroy_key(label)
-    }
-    fn probe(&mut self) -> BackendResult<()> {
-        self.plan.check("probe")?;
-        self.inner.probe()
+        Ok(())
     }
 }
 
@@ -197,7 +151,7 @@ fn faults_are_retried_bounded_and_recovered_from() {
     )
     .expect("open SoftHSM2 token");
     let plan = Arc::new(Plan::default());
-    let backend = Faulty { inner: inner.clone(), plan: plan.clone() };
+    let backend = Hooked::new(Arc::new(inner.clone()), plan.clone());
     let settings = Settings::validate(RawConfig {
         socket_path: Some(dir.path().join("faults.sock")),
         max_sessions: Some(4),

@@ -256,7 +256,7 @@ fn limits_apply_in_place_to_new_connections_and_the_rest_waits_for_a_restart() {
 
 #[test]
 fn requests_in_flight_finish_on_the_old_generation() {
-    use common::hanging::{Gate, Hanging};
+    use common::hooked::{Gate, gated_soft_token};
     use harpocrates_daemon::config::{Args, Settings};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -267,7 +267,7 @@ fn requests_in_flight_finish_on_the_old_generation() {
     let settings = Settings::from_args(&Args { config: Some(config.clone()), ..Args::default() })
         .expect("settings");
     let gate = Arc::new(Gate::default());
-    let backend = Hanging::open(&settings, gate.clone());
+    let backend = gated_soft_token(&settings, gate.clone());
     let daemon = harpocrates_daemon::server::spawn(settings, Arc::new(backend)).expect("daemon");
     let socket = daemon.socket_path().to_owned();
     let admin = BlockingClient::connect(&socket).expect("connect");

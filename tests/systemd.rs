@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::hanging::{Gate, Hanging};
+use common::hooked::{Gate, gated_soft_token};
 use harpocrates::client::BlockingClient;
 use harpocrates_daemon::config::{Args, Settings};
 use harpocrates_daemon::server::{self, Service};
@@ -264,7 +264,7 @@ fn a_token_whose_calls_hang_stops_the_watchdog_pings() {
     let settings =
         Settings::from_args(&Args { config: Some(path), ..Args::default() }).expect("settings");
     let gate = Arc::new(Gate::default());
-    let backend = Hanging::open(&settings, gate.clone());
+    let backend = gated_soft_token(&settings, gate.clone());
     let notify = dir.path().join("notify");
     let mut notes = Notes::bind(&notify);
     let service = Service {
@@ -302,7 +302,7 @@ fn a_stop_lets_requests_in_flight_finish() {
         Settings::from_args(&Args { config: Some(config(dir.path())), ..Args::default() })
             .expect("settings");
     let gate = Arc::new(Gate::default());
-    let backend = Hanging::open(&settings, gate.clone());
+    let backend = gated_soft_token(&settings, gate.clone());
     let daemon = server::spawn(settings, Arc::new(backend)).expect("daemon");
     let socket = daemon.socket_path().to_owned();
     let admin = BlockingClient::connect(&socket).expect("connect");

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-pub mod hanging;
+pub mod hooked;
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
